@@ -1,0 +1,1 @@
+"""MedHash: similar-case search with cross-modal hashing."""

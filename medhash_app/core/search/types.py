@@ -1,0 +1,86 @@
+"""What a search asks for and what it returns; shared by the CLI, the UI and the benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Target = Literal["reports", "images", "both"]
+
+
+@dataclass
+class SearchFilters:
+    """Optional restrictions on the hits; all given fields must hold (labels: any of them)."""
+
+    labels: list[str] = field(default_factory=list)
+    modality: str | None = None
+    view: str | None = None
+    domain: str | None = None
+    date_from: str | None = None  # ISO date, inclusive
+    date_to: str | None = None
+    keyword: str | None = None  # SQLite FTS5 over the report text
+
+
+@dataclass
+class SearchQuery:
+    """An image file or a report text (exactly one), the target modality and the page size."""
+
+    image_path: Path | None = None
+    text: str | None = None
+    target: Target = "reports"
+    k: int = 20
+    bits: int | None = None  # None: the largest code length of the active model
+    filters: SearchFilters = field(default_factory=SearchFilters)
+    rerank: bool = False  # re-rank the Hamming shortlist by continuous embeddings
+    frame: int | None = None
+
+
+@dataclass
+class Hit:
+    """One ranked match: the case row from SQLite plus how it matched."""
+
+    rank: int
+    case: dict[str, Any]
+    matched: Literal["image", "text"]  # which of the case's codes matched the query
+    distance: int  # Hamming distance
+    similarity: float  # 1 - distance / bits
+    rerank_score: float | None = None
+    shared_findings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    bits: int
+    model_id: str
+    device: str
+    encode_ms: float
+    search_ms: float
+    total_ms: float
+    query_kind: Literal["image", "text"]
+    query_findings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stable JSON shape of `medhash search --json` (documented in docs/cli.md)."""
+        return {
+            "query_kind": self.query_kind,
+            "model_id": self.model_id,
+            "bits": self.bits,
+            "device": self.device,
+            "timing_ms": {"encode": round(self.encode_ms, 3), "search": round(self.search_ms, 3),
+                          "total": round(self.total_ms, 3)},
+            "query_findings": self.query_findings,
+            "hits": [
+                {
+                    "rank": h.rank, "case_id": h.case.get("id"), "matched": h.matched,
+                    "distance": h.distance, "similarity": round(h.similarity, 4),
+                    "rerank_score": None if h.rerank_score is None else round(h.rerank_score, 4),
+                    "shared_findings": h.shared_findings,
+                    "labels": h.case.get("labels"), "modality": h.case.get("modality"),
+                    "view": h.case.get("view"), "study_date": h.case.get("study_date"),
+                    "source_path": h.case.get("source_path"), "report": h.case.get("report"),
+                }
+                for h in self.hits
+            ],
+        }
