@@ -1,0 +1,126 @@
+"""The per-file work of ingest (decode, model image, thumbnail, write both files), run inline or
+in a pool of worker processes. A worker process also contains a decoder that crashes outright."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+
+from medhash_app.core.errors import MedHashError
+from medhash_app.core.imaging import load_image, model_image, thumbnail_jpeg
+from medhash_app.core.library import atomic_write, input_rel_path, thumb_rel_path
+
+MODEL_SIZE, THUMB_SIZE = 256, 160
+PNG_LEVEL = 3  # zlib level: on radiographs as small as level 6 and about twice as fast
+_GREY_TOLERANCE = 8  # max channel difference of an RGB image that is really greyscale
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    path: str
+    case_id: str
+    frame: int | None
+    salt: bytes
+    folder: str
+
+
+@dataclass
+class DecodeResult:
+    """`reason` says why the file failed; `library_problem` means the library could not be
+    written (disk full...), which stops the whole ingest rather than failing one file."""
+
+    case_id: str
+    facts: dict[str, Any] = field(default_factory=dict)
+    looks_grey: bool = False
+    reason: str | None = None
+    library_problem: str | None = None
+
+
+def decode_job(job: DecodeJob) -> DecodeResult:
+    """Decode one file and store its model input PNG and thumbnail JPEG in the library."""
+    try:
+        image = load_image(job.path, frame=job.frame, salt=job.salt)
+        model = model_image(image, MODEL_SIZE)
+        thumb = thumbnail_jpeg(image, THUMB_SIZE)
+    except MedHashError as exc:
+        return DecodeResult(job.case_id, reason=exc.reason)
+    except MemoryError:
+        return DecodeResult(job.case_id, reason="not enough memory to decode this image")
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must fail one file, not the ingest
+        return DecodeResult(job.case_id, reason=f"the image could not be decoded ({type(exc).__name__}: {exc})")
+    png = io.BytesIO()
+    model.save(png, format="PNG", compress_level=PNG_LEVEL)
+    try:
+        atomic_write(Path(job.folder, input_rel_path(job.case_id)), png.getvalue())
+        atomic_write(Path(job.folder, thumb_rel_path(job.case_id)), thumb)
+    except OSError as exc:
+        return DecodeResult(job.case_id, library_problem=f"cannot write into the library ({exc.strerror or exc})")
+    pixels = np.asarray(model, dtype=np.int16)
+    grey = int(np.abs(pixels - pixels[..., :1]).max()) <= _GREY_TOLERANCE
+    return DecodeResult(job.case_id, facts=image.facts.to_dict(), looks_grey=grey)
+
+
+class Decoder:
+    """Runs decode jobs inline (`workers` <= 1) or in a process pool started on first need."""
+
+    def __init__(self, workers: int | None) -> None:
+        self.workers = min(os.cpu_count() or 1, 4) if workers is None else max(1, workers)
+        self._pool: Executor | None = None
+
+    def run(self, jobs: Sequence[DecodeJob]) -> list[DecodeResult]:
+        """Results in the order of `jobs`."""
+        if self.workers <= 1 or len(jobs) <= 1:
+            return [decode_job(job) for job in jobs]
+        try:
+            return list(self._executor().map(decode_job, jobs))
+        except BrokenProcessPool:
+            self._restart()
+            if not self._pool_starts():  # workers cannot start here (e.g. no importable __main__)
+                self.workers = 1
+                return [decode_job(job) for job in jobs]
+            return [self._isolated(job) for job in jobs]
+
+    def _pool_starts(self) -> bool:
+        try:
+            return self._executor().submit(os.getpid).result(timeout=120) > 0
+        except (BrokenProcessPool, TimeoutError, OSError):
+            self._restart()
+            return False
+
+    def _isolated(self, job: DecodeJob) -> DecodeResult:
+        """After a worker died, retry one file per call so only the culprit fails."""
+        try:
+            return self._executor().submit(decode_job, job).result()
+        except BrokenProcessPool:
+            self._restart()
+            return DecodeResult(job.case_id, reason="the decoder crashed on this file")
+
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            # spawn, not fork: forking a process that runs Qt or other threads can deadlock.
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        return self._pool
+
+    def _restart(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,184 @@
+"""`ingest`: sources -> content hash -> skip known -> decode + store files -> rows, one
+transaction per batch (cases and their ingest-log lines together).
+
+Order of writes keeps the library consistent whatever happens: a case's PNG and thumbnail are
+written (atomically) before the transaction that adds its row, so a killed ingest leaves at worst
+unreferenced files, and a row whose files went missing is repaired by the next ingest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medhash_app.core.errors import LibraryError
+from medhash_app.core.ingest.decode import DecodeJob, Decoder, DecodeResult
+from medhash_app.core.ingest.items import IngestItem, IngestProgress, IngestReport
+from medhash_app.core.ingest.rows import DOMAINS, build_row, clean_report
+from medhash_app.core.ingest.sources import iter_items
+from medhash_app.core.library import Library
+from medhash_app.core.library.files import sweep_temp_files
+
+ProgressCallback = Callable[[IngestProgress], None]
+_MIN_EVENT_INTERVAL_S = 0.1  # at most 10 progress events per second
+_HASH_THREADS = 4
+
+
+def content_id(path: Path, frame: int | None = None) -> str:
+    """Case id: the first 32 hex digits of the file's SHA-256, plus ":f<frame>" for a chosen frame."""
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()[:32]
+    return digest if frame is None else f"{digest}:f{frame}"
+
+
+def _hash_item(item: IngestItem) -> tuple[str | None, str | None]:
+    """(case id, None) or (None, reason)."""
+    if item.problem:
+        return None, item.problem
+    try:
+        if item.path.is_file() and item.path.stat().st_size == 0:
+            return None, "the file is empty (0 bytes)"
+        return content_id(item.path, item.metadata.get("frame")), None
+    except FileNotFoundError:
+        return None, "the file does not exist"
+    except IsADirectoryError:
+        return None, "this is a folder, not an image file"
+    except OSError as exc:
+        return None, f"the file cannot be read ({exc.strerror or exc})"
+
+
+def collect_items(paths: Iterable[str | Path]) -> list[IngestItem]:
+    """Items of every path (each read by the source that recognises it), duplicates dropped."""
+    seen: set[tuple[str, object]] = set()
+    out: list[IngestItem] = []
+    for path in paths:
+        for item in iter_items(Path(path)):
+            key = (os.path.abspath(item.path), item.metadata.get("frame"))
+            if key not in seen or item.problem:
+                seen.add(key)
+                out.append(item)
+    return out
+
+
+@dataclass
+class _Throttle:
+    callback: ProgressCallback | None
+    started: float = field(default_factory=time.monotonic)
+    last: float = 0.0
+
+    def emit(self, report: IngestReport, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.callback is None or (not force and now - self.last < _MIN_EVENT_INTERVAL_S):
+            return
+        self.last = now
+        done = report.added + report.skipped + len(report.failed) + report.repaired
+        rate = done / max(now - self.started, 1e-6)
+        self.callback(IngestProgress(done, report.total, report.added, report.skipped, len(report.failed), rate))
+
+
+@dataclass
+class _Run:
+    """State of one ingest call across its batches."""
+
+    library: Library
+    domain: str | None
+    report: IngestReport
+    outcome: dict[str, str | None] = field(default_factory=dict)  # case id -> None ok | failure reason
+    logs: list[dict[str, object]] = field(default_factory=list)
+    salt: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.salt = self.library.salt
+
+    def log(self, item: IngestItem, case_id: str | None, status: str, reason: str | None = None) -> None:
+        self.logs.append({"path": str(item.path), "content_hash": case_id, "status": status, "reason": reason,
+                          "batch_id": self.report.batch_id})
+        if status == "error":
+            self.report.failed.append((str(item.path), reason or "unknown error"))
+        elif status == "skipped":
+            self.report.skipped += 1
+
+    def batch(self, items: Sequence[IngestItem], decoder: Decoder, hasher: ThreadPoolExecutor) -> None:
+        """Hash, skip what is known, decode the rest, then commit rows and log lines together."""
+        hashed = list(hasher.map(_hash_item, items))
+        known = self.library.known_hashes(cid for cid, _ in hashed if cid)
+        broken = self.library.cases_missing_files(known) if known else set()
+        todo, duplicates = self._classify(items, hashed, known - broken)
+        results = decoder.run([job for _, job in todo])
+        rows = [row for (item, _), res in zip(todo, results, strict=True)
+                if (row := self._row(item, res, res.case_id in broken)) is not None]
+        for item, cid in duplicates:  # after decoding: a copy of a failed file fails the same way
+            failure = self.outcome[cid]
+            self.log(item, cid, "error" if failure else "skipped",
+                     failure or "same content as another file in this ingest")
+        added = self.library.write_batch(rows, self.logs)
+        self.report.added += added
+        self.report.repaired += len(rows) - added
+        self.logs = []
+
+    def _classify(self, items: Sequence[IngestItem], hashed: list[tuple[str | None, str | None]],
+                  complete: set[str]) -> tuple[list[tuple[IngestItem, DecodeJob]], list[tuple[IngestItem, str]]]:
+        """(items to decode, copies of items seen earlier in this run); logs failures and skips."""
+        todo: list[tuple[IngestItem, DecodeJob]] = []
+        duplicates: list[tuple[IngestItem, str]] = []
+        for item, (cid, reason) in zip(items, hashed, strict=True):
+            if cid is None:
+                self.log(item, None, "error", reason)
+            elif cid in self.outcome:
+                duplicates.append((item, cid))
+            elif cid in complete:
+                self.log(item, cid, "skipped", "already in the library")
+            else:
+                self.outcome[cid] = None
+                todo.append((item, DecodeJob(str(item.path), cid, item.metadata.get("frame"), self.salt,
+                                             str(self.library.folder))))
+        return todo, duplicates
+
+    def _row(self, item: IngestItem, result: DecodeResult, repair: bool) -> dict[str, object] | None:
+        if result.library_problem:
+            raise LibraryError(self.library.folder, result.library_problem)
+        if result.reason:
+            self.outcome[result.case_id] = result.reason
+            self.log(item, result.case_id, "error", result.reason)
+            return None
+        notes = ["repaired: the stored image files were missing"] if repair else []
+        if item.report is not None and clean_report(item.report) is None:
+            notes.append("the report is empty; stored without one")
+        self.log(item, result.case_id, "ok", "; ".join(notes) or None)
+        return build_row(item, result, domain=self.domain, salt=self.salt)
+
+
+def ingest(paths: Sequence[str | Path], library: Library, *, domain: str | None = None,
+           progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+           batch_size: int = 64, workers: int | None = None) -> IngestReport:
+    """Add the images under `paths` to `library`; re-running skips what is already there.
+
+    `domain` ("chest", "fundus" or "other") overrides detection. A bad file is logged with its
+    reason and the rest goes on; `cancel` stops cleanly between batches. Raises
+    DatasetLayoutError for an unreadable layout (before anything is written) and LibraryError when
+    the library cannot be written (the current batch is rolled back).
+    """
+    if domain is not None and domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
+    if library.read_only:
+        raise LibraryError(library.folder, "the library is open read-only; open it for writing to ingest")
+    items = collect_items(paths)
+    report = IngestReport(batch_id=uuid.uuid4().hex, total=len(items))
+    run, throttle = _Run(library, domain, report), _Throttle(progress)
+    sweep_temp_files(library.folder)
+    with Decoder(workers) as decoder, ThreadPoolExecutor(_HASH_THREADS) as hasher:
+        for start in range(0, len(items), max(1, batch_size)):
+            if cancel is not None and cancel.is_set():
+                report.cancelled = True
+                break
+            run.batch(items[start:start + batch_size], decoder, hasher)
+            throttle.emit(report)
+    throttle.emit(report, force=True)
+    return report

@@ -1,0 +1,71 @@
+"""Turn a source item plus its decoded facts into a `cases` row: domain, labels, metadata."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from medhash_app.core.imaging.facts import patient_key
+from medhash_app.core.ingest.decode import DecodeResult
+from medhash_app.core.ingest.items import IngestItem
+from medhash_app.core.library import input_rel_path, thumb_rel_path
+from trainer.data.labels import labels_from_report
+
+DOMAINS = ("chest", "fundus", "other")
+_CHEST_MODALITIES = {"CR", "DX"}
+_FUNDUS_MODALITIES = {"OP"}  # DICOM ophthalmic photography
+
+
+def clean_report(report: str | None) -> str | None:
+    """Empty or whitespace-only reports are stored as NULL; anything else is kept whole."""
+    return report.strip() if report and report.strip() else None
+
+
+def resolve_domain(explicit: str | None, item: IngestItem, facts: dict[str, Any], looks_grey: bool) -> str:
+    """The user's choice, else the source's, else the file's: DICOM CR/DX of the chest (or with no
+    body part) is chest, OP is fundus, other DICOM is "other"; for PNG/JPEG a grey image is taken
+    for a radiograph and a colour one for a fundus photograph."""
+    if explicit:
+        return explicit
+    if item.metadata.get("domain") in DOMAINS:
+        return str(item.metadata["domain"])
+    if facts.get("file_format") == "DICOM":
+        modality, body = (facts.get("modality") or "").upper(), (facts.get("body_part") or "").upper()
+        if modality in _CHEST_MODALITIES and (not body or "CHEST" in body or "THORAX" in body):
+            return "chest"
+        return "fundus" if modality in _FUNDUS_MODALITIES else "other"
+    return "chest" if looks_grey else "fundus"
+
+
+def resolve_labels(item: IngestItem, report: str | None, domain: str) -> tuple[list[str], str]:
+    """(labels, label_source): the dataset's labels when it has them, else the report labeler."""
+    if item.labels is not None:
+        return list(item.labels), "dataset"
+    if report is None or domain not in ("chest", "fundus"):
+        return [], "none"
+    return labels_from_report(report, domain), "labeler"  # type: ignore[arg-type]
+
+
+def build_row(item: IngestItem, result: DecodeResult, *, domain: str | None, salt: bytes) -> dict[str, Any]:
+    """The `cases` row; source metadata wins over header facts where both say something."""
+    facts, meta = result.facts, item.metadata
+    report = clean_report(item.report)
+    resolved = resolve_domain(domain, item, facts, result.looks_grey)
+    labels, label_source = resolve_labels(item, report, resolved)
+    pid = meta.get("patient_id")
+    return {
+        "id": result.case_id, "source_path": os.path.abspath(item.path),
+        "source_kind": str(facts.get("file_format") or "").lower() or None,
+        "sop_instance_uid": facts.get("sop_instance_uid"),
+        "study_instance_uid": facts.get("study_instance_uid") or meta.get("study_id"),
+        "report": report, "labels": labels, "label_source": label_source, "domain": resolved,
+        "modality": facts.get("modality"), "body_part": facts.get("body_part"),
+        "view": meta.get("view") or facts.get("view"),
+        "laterality": meta.get("laterality") or facts.get("laterality"),
+        "study_date": meta.get("study_date") or facts.get("study_date"),
+        "age": meta.get("age") if meta.get("age") is not None else facts.get("age"),
+        "sex": meta.get("sex") or facts.get("sex"),
+        "patient_key": patient_key(pid, salt) if pid else facts.get("patient_key"),
+        "split": meta.get("split"), "extra": meta.get("extra") or {},
+        "input_path": input_rel_path(result.case_id), "thumb_path": thumb_rel_path(result.case_id),
+    }

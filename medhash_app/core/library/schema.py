@@ -1,0 +1,91 @@
+"""Library schema: table definitions, the version stamp in `meta`, and the migration hook.
+
+The schema is written as plain SQL because it needs things sqlite-utils' table builder does not
+express (ON DELETE CASCADE, a UNIQUE text id beside the integer rowid). Each schema change adds a
+function to MIGRATIONS and bumps SCHEMA_VERSION; `migrate` runs the missing steps in order.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+from sqlite_utils import Database
+
+SCHEMA_VERSION = 1
+
+# `seq` is the explicit rowid: it is the stable "database position" that ranking uses to break
+# ties, and the rowid the FTS index points at. An implicit rowid could be renumbered by VACUUM.
+_TABLES_V1 = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cases (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    sop_instance_uid TEXT, study_instance_uid TEXT,
+    source_path TEXT NOT NULL, source_kind TEXT,
+    report TEXT, labels TEXT NOT NULL DEFAULT '[]', label_source TEXT NOT NULL DEFAULT 'none',
+    domain TEXT NOT NULL DEFAULT 'other',
+    modality TEXT, view TEXT, laterality TEXT, body_part TEXT, study_date TEXT,
+    age REAL, sex TEXT, patient_key TEXT, split TEXT, extra TEXT NOT NULL DEFAULT '{}',
+    input_path TEXT, thumb_path TEXT, added_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cases_domain ON cases(domain);
+CREATE INDEX IF NOT EXISTS cases_modality ON cases(modality);
+CREATE INDEX IF NOT EXISTS cases_study_date ON cases(study_date);
+CREATE INDEX IF NOT EXISTS cases_patient ON cases(patient_key);
+CREATE TABLE IF NOT EXISTS ingest_log (
+    id INTEGER PRIMARY KEY, path TEXT NOT NULL, content_hash TEXT,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'skipped', 'error')),
+    reason TEXT, at TEXT NOT NULL, batch_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ingest_log_batch ON ingest_log(batch_id, status);
+CREATE TABLE IF NOT EXISTS models (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL, method TEXT NOT NULL, bits TEXT NOT NULL,
+    checkpoint_path TEXT NOT NULL, created_at TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 0 CHECK (active IN (0, 1)),
+    metrics TEXT NOT NULL DEFAULT '{}', config TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS codes (
+    model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    modality TEXT NOT NULL CHECK (modality IN ('image', 'text')),
+    bits INTEGER NOT NULL,
+    case_id TEXT NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
+    code BLOB NOT NULL, embedding BLOB,
+    PRIMARY KEY (model_id, modality, bits, case_id)
+);
+CREATE INDEX IF NOT EXISTS codes_case ON codes(case_id);
+"""
+
+Migration = Callable[[Database], None]
+
+# MIGRATIONS[v] upgrades a library from schema v to v + 1.
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def create_schema(db: Database) -> None:
+    """Create every table of the current schema, the FTS index and the meta stamp (caller holds a
+    transaction, so a crash mid-way leaves no half-made library)."""
+    for statement in _TABLES_V1.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    if "cases_fts" not in db.table_names():
+        db["cases"].enable_fts(["report"], create_triggers=True, tokenize="unicode61")
+    set_meta(db, "schema_version", str(SCHEMA_VERSION))
+    if get_meta(db, "salt") is None:
+        set_meta(db, "salt", secrets.token_hex(16))
+
+
+def get_meta(db: Database, key: str) -> str | None:
+    rows = list(db.query("SELECT value FROM meta WHERE key = ?", [key]))
+    return rows[0]["value"] if rows else None
+
+
+def set_meta(db: Database, key: str, value: str) -> None:
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+
+def migrate(db: Database, from_version: int) -> None:
+    """Apply MIGRATIONS[from_version], ... up to SCHEMA_VERSION (caller holds a transaction)."""
+    for version in range(from_version, SCHEMA_VERSION):
+        MIGRATIONS[version](db)
+        set_meta(db, "schema_version", str(version + 1))
