@@ -1,0 +1,156 @@
+"""Checkpoint folders: `model.safetensors` + `config.json`, written atomically, never unpickled.
+
+config.json holds everything needed to rebuild the model and to judge it: method, backbone, bits,
+label names, preprocessing, training data hash, metrics, creation time and library versions.
+The engine adds its resume state (`trainer_state.safetensors` + `trainer_state.json`) through
+`extra_tensors` / `extra_json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_file, save_model
+from torch import Tensor
+
+from trainer.config import ModelConfig
+from trainer.errors import CheckpointError, MedHashError
+from trainer.models.hashing import HashingModel
+from trainer.models.registry import build_model, get_method
+
+FORMAT = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+STATE_TENSORS = "trainer_state.safetensors"
+STATE_JSON = "trainer_state.json"
+_PACKAGES = ("medhash", "torch", "open_clip_torch", "timm", "transformers", "safetensors")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _config_json(model: HashingModel, meta: dict[str, Any]) -> dict[str, Any]:
+    cfg = model.cfg
+    return {
+        "format": FORMAT,
+        "method": cfg.method,
+        "backbone": cfg.backbone,
+        "bits": list(cfg.bits),
+        "label_names": list(cfg.label_names),
+        "preprocessing": model.backbone.preprocessing_info(),
+        "training_data_hash": meta.get("training_data_hash"),
+        "metrics": meta.get("metrics", {}),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "model_config": cfg.to_dict(),
+        "training": {k: v for k, v in meta.items() if k not in ("training_data_hash", "metrics")},
+    }
+
+
+def save_checkpoint(
+    folder: str | Path,
+    model: HashingModel,
+    *,
+    meta: dict[str, Any] | None = None,
+    extra_tensors: dict[str, Tensor] | None = None,
+    extra_json: dict[str, Any] | None = None,
+) -> Path:
+    """Write the checkpoint into a temporary sibling folder, then swap it in place of `folder`.
+
+    A crash leaves either the old complete checkpoint or the new one, never a half-written folder.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_model(model, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(_config_json(model, meta or {}), indent=2), encoding="utf-8")
+        if extra_tensors is not None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, str(tmp / STATE_TENSORS))
+        if extra_json is not None:
+            (tmp / STATE_JSON).write_text(json.dumps(extra_json), encoding="utf-8")
+        _swap_in(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Replace `folder` by `tmp` with renames only (a directory cannot be replaced in one call)."""
+    old = None
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
+    """config.json of a checkpoint, validated enough to rebuild the model."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(folder, "checkpoint folder not found")
+    try:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(folder, f"{CONFIG} is missing") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(folder, f"{CONFIG} is unreadable ({exc.__class__.__name__})") from exc
+    if not isinstance(config, dict) or "model_config" not in config:
+        raise CheckpointError(folder, f"{CONFIG} is not a MedHash checkpoint configuration")
+    return config
+
+
+def load_checkpoint(
+    folder: str | Path,
+    device: str = "cpu",
+    *,
+    require_bits: int | Iterable[int] | None = None,
+) -> tuple[HashingModel, ModelConfig, dict[str, Any]]:
+    """Rebuild the model from config.json and load model.safetensors (no unpickling), in eval mode.
+
+    Raises CheckpointError for a missing folder/file, a damaged or truncated weights file, an
+    unknown method, or a checkpoint lacking one of `require_bits`.
+    """
+    folder = Path(folder)
+    config = read_checkpoint_config(folder)
+    try:
+        cfg = ModelConfig.from_dict(config["model_config"])
+        get_method(cfg.method)
+    except MedHashError as exc:
+        raise CheckpointError(folder, exc.reason) from exc
+    if require_bits is not None:
+        wanted = {require_bits} if isinstance(require_bits, int) else set(require_bits)
+        if not wanted <= set(cfg.bits):
+            raise CheckpointError(folder, f"this model has {cfg.bits}-bit codes, not {sorted(wanted - set(cfg.bits))}")
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(folder, f"{WEIGHTS} is missing")
+    model = build_model(cfg, pretrained=False)
+    try:
+        load_model(model, str(weights), strict=True)
+    except SafetensorError as exc:
+        raise CheckpointError(folder, f"{WEIGHTS} is damaged or truncated") from exc
+    except RuntimeError as exc:  # strict load: keys/shapes do not match the configuration
+        raise CheckpointError(folder, f"{WEIGHTS} does not match its configuration ({str(exc)[:200]})") from exc
+    model.to(device).eval()
+    return model, cfg, config

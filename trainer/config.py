@@ -1,0 +1,141 @@
+"""Model and training configuration as plain dataclasses that round-trip through JSON.
+
+Checkpoints store `ModelConfig.to_dict()` so a model can be rebuilt without the code that trained
+it; the CLI and the trainer tab build `TrainConfig` from user input, so `from_dict` rejects unknown
+or badly typed fields with a message naming them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import MedHashError
+
+DEFAULT_BITS = (16, 32, 64, 128)
+
+# Per-component switches: every term/module a method has can be turned off for ablations.
+# Methods read the keys they know; unknown keys are kept so newer methods can add their own.
+DEFAULT_COMPONENTS: dict[str, bool] = {
+    "contrastive": True,  # symmetric InfoNCE between image and text codes
+    "similarity": True,  # label-similarity preservation (DCMH-style likelihood)
+    "quantization": True,  # ||h - sign(h)||^2
+    "bit_balance": False,  # each bit half +1 / half -1 over a batch
+    "classifier": False,  # multi-label classifier head on the embeddings
+}
+
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
+    "contrastive": 1.0,
+    "similarity": 1.0,  # beta
+    "quantization": 0.1,  # alpha
+    "bit_balance": 0.01,
+    "classifier": 1.0,
+}
+
+NOISE_HANDLINGS = ("none", "adaptive_temperature")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
+    """Build dataclass `cls` from `data`, naming unknown fields instead of a TypeError."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise MedHashError(what, f"unknown setting(s): {', '.join(unknown)}")
+    return cls(**data)
+
+
+@dataclass
+class ModelConfig:
+    """What to build: method, backbone, code lengths, and which components are on."""
+
+    method: str = "base"
+    backbone: str = "embedded"  # "embedded" | "tiny" | "open_clip:<arch>"
+    weights_path: str | None = None  # local weights for open_clip:<arch>
+    bits: list[int] = field(default_factory=lambda: list(DEFAULT_BITS))
+    embed_dim: int = 256
+    trainable_top_blocks: int = 2  # the papers fine-tune the last two layers of each tower
+    components: dict[str, bool] = field(default_factory=lambda: dict(DEFAULT_COMPONENTS))
+    loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
+    temperature: float = 0.3  # InfoNCE on tanh codes; 0.07 (CLIP) learned far slower in our runs
+    label_names: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific extras (MCPH, TriPAH, ...)
+
+    def __post_init__(self) -> None:
+        self.bits = sorted({int(b) for b in self.bits})
+        if not self.bits or any(b <= 0 or b % 8 for b in self.bits):
+            raise MedHashError("model config", f"bits must be positive multiples of 8, got {self.bits}")
+        self.components = {**DEFAULT_COMPONENTS, **self.components}
+        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **{k: float(v) for k, v in self.loss_weights.items()}}
+        self.label_names = [str(n) for n in self.label_names]
+
+    def on(self, component: str) -> bool:
+        """True when `component` is switched on (unknown components count as off)."""
+        return bool(self.components.get(component, False))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, dict(data), "model config")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: optimisation, device, noise injection and validation cadence."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    seed: int = 0
+    device: str = "auto"  # "auto" uses CUDA when available
+    amp: bool = True  # mixed precision on CUDA only
+    grad_clip: float | None = 1.0
+    noise_rate: float = 0.0  # fraction of training pairs whose reports get shuffled
+    noise_handling: str = "none"  # "none" | "adaptive_temperature" (MCPH)
+    num_workers: int = 2
+    val_every: int = 1  # validate every n epochs (and always after the last)
+    warmup_steps: int = 50
+    # Frozen-stem cache (trainer/feature_cache.py): much faster epochs, but training images use the
+    # deterministic eval transform (no augmentation). False = the augmented, uncached path.
+    feature_cache: bool = True
+    cache_dir: str | None = None  # None = <out_dir>/../.feature-cache (shared by sibling runs)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 2, "batch_size must be >= 2 (contrastive losses need pairs)"),
+            (self.lr > 0, "lr must be > 0"),
+            (0.0 <= self.noise_rate < 1.0, "noise_rate must be in [0, 1)"),
+            (self.noise_handling in NOISE_HANDLINGS, f"noise_handling must be one of {NOISE_HANDLINGS}"),
+            (self.device in DEVICES or self.device.startswith("cuda:"), f"device must be one of {DEVICES}"),
+            (self.val_every >= 1, "val_every must be >= 1"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+        ]
+        for ok, reason in checks:
+            if not ok:
+                raise MedHashError("training config", reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, dict(data), "training config")
+
+
+def save_json(obj: ModelConfig | TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(obj.to_dict(), indent=2), encoding="utf-8")
+
+
+def load_json(cls: type[ModelConfig | TrainConfig], path: str | Path) -> ModelConfig | TrainConfig:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MedHashError(path, f"cannot read configuration: {exc}") from exc
+    return cls.from_dict(data)

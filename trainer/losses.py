@@ -1,0 +1,268 @@
+"""Loss terms, one function each; every docstring gives the formula and where it comes from.
+
+Notation: h are continuous codes in (-1, 1) of shape (B, K); S_ij = 1 when items i and j share at
+least one label. Every function returns a scalar mean so that weights in the config are
+comparable across batch sizes and code lengths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:
+    """Symmetric InfoNCE between paired rows of `a` and `b` (row i of each is a positive pair).
+
+    L = 1/2 [ CE(softmax_j(cos(a_i, b_j)/tau), i) + CE(softmax_i(cos(a_i, b_j)/tau), j) ]
+
+    van den Oord et al., "Representation Learning with Contrastive Predictive Coding" (2018);
+    the symmetric image<->text form of CLIP (Radford et al., ICML 2021), used on hash codes by
+    MCPH (MICCAI 2024) and PromptHash (CVPR 2025).
+    """
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def label_similarity(labels_a: Tensor, labels_b: Tensor) -> Tensor:
+    """S_ij = 1 if multi-hot label rows i and j share at least one class, else 0 (float (B, B))."""
+    return (labels_a.float() @ labels_b.float().T > 0).float()
+
+
+def similarity_nll(h_a: Tensor, h_b: Tensor, similarity: Tensor) -> Tensor:
+    """Negative log-likelihood of the pairwise label similarities under the codes' inner products.
+
+    theta_ij = 1/2 h_a_i . h_b_j,   L = mean_ij [ log(1 + exp(theta_ij)) - S_ij theta_ij ]
+
+    Computed with softplus, which is stable for large |theta| (theta reaches K/2). From DCMH:
+    Jiang & Li, "Deep Cross-Modal Hashing", CVPR 2017 (Eq. 2); also the similarity term of DJSRH
+    (Su et al., ICCV 2019) style methods.
+    """
+    theta = 0.5 * h_a.float() @ h_b.float().T
+    return (F.softplus(theta) - similarity * theta).mean()
+
+
+def quantization_loss(h: Tensor) -> Tensor:
+    """Quantization error L = ||h - sign(h)||^2 / (B K): pulls continuous codes towards +-1.
+
+    DCMH (Jiang & Li, CVPR 2017, the ||B - F||^2 term); normalised per element here.
+    """
+    return (h - torch.sign(h).detach()).pow(2).mean()
+
+
+def bit_balance_loss(h: Tensor) -> Tensor:
+    """Bit balance L = ||mean_i h_i||^2 / K: each bit should be +1 for half of the items.
+
+    DCMH (Jiang & Li, CVPR 2017, the ||F 1||^2 balance term), normalised by batch and code length.
+    """
+    return h.mean(dim=0).pow(2).mean()
+
+
+def multilabel_bce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Binary cross-entropy over independent labels: L = mean_ic BCE(sigmoid(z_ic), y_ic)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+# ---- MCPH ("Medical Cross-Modal Prompt Hashing with Robust Noisy Correspondence Learning", MICCAI 2024).
+# Our reading of each equation, where the paper leaves room, is written out in docs/methods.md. -------
+def binary_sign(x: Tensor) -> Tensor:
+    """sign with sign(0) = +1, so that every code bit is defined (the packed-bits rule of evaluate.py)."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+def jensen_shannon(p_logits: Tensor, q_logits: Tensor) -> Tensor:
+    """Per-row Jensen-Shannon divergence (nats, in [0, ln 2]) between softmax(p_i) and softmax(q_i).
+
+    JSD(P || Q) = 1/2 KL(P || M) + 1/2 KL(Q || M),  M = (P + Q) / 2.  MCPH Eq. 4 measures with it
+    how far a report's embedding g^t_i is from its image caption's g^c_i. Computed in float32.
+    """
+    log_p = F.log_softmax(p_logits.float(), dim=-1)
+    log_q = F.log_softmax(q_logits.float(), dim=-1)
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(dim=-1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(dim=-1)
+    return (0.5 * (kl_pm + kl_qm)).clamp_min(0.0)
+
+
+def adaptive_temperature(tau: Tensor, jsd: Tensor, gamma: float = 200.0) -> Tensor:
+    """Per-pair temperature tau_i = tau + gamma * JSD(g^t_i || g^c_i)  (MCPH Eq. 4).
+
+    A pair whose report disagrees with what the image's caption says is likely mismatched; its
+    larger temperature flattens its contrastive softmax and so shrinks its gradient. The JSD is
+    detached: the model must not lower its loss by pushing reports away from captions.
+    """
+    return tau + gamma * jsd.detach()
+
+
+def info_nce_per_sample(a: Tensor, b: Tensor, temperature: Tensor) -> Tensor:
+    """Symmetric InfoNCE with a temperature per anchor pair (MCPH Eq. 3).
+
+    s_ij = cos(a_i, b_j);  L = 1/(2B) sum_i [ -log softmax_j(s_ij / tau_i)[i] - log softmax_j(s_ji / tau_i)[i] ]
+
+    Row i of both directions (image i -> all texts, text i -> all images) uses the temperature of
+    pair i. `temperature` is a scalar (plain learnable tau) or a (B,) tensor. Computed in float32.
+    """
+    sim = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+    tau = temperature.float().reshape(-1, 1) if temperature.dim() else temperature.float()
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(sim / tau, target) + F.cross_entropy(sim.T / tau, target))
+
+
+def fused_quantization_loss(h_img: Tensor, h_txt: Tensor) -> Tensor:
+    """L_quan = mean( ||b - u^v||^2 + ||b - u^t||^2 ) with b = sign(u^v + u^t)  (MCPH Eqs. 7-8).
+
+    u^v = lambda h^v + (1 - lambda) f^v and u^t likewise are each modality's continuous code; b is
+    the fused training code of the pair (a constant here). Pulling both modalities to the same
+    binary code quantizes and aligns them at once (the unified-code term of DCMH, CVPR 2017).
+    """
+    b = binary_sign(h_img.detach() + h_txt.detach())
+    return ((b - h_img).pow(2) + (b - h_txt).pow(2)).mean()
+
+
+def intra_modal_similarity_loss(h_img: Tensor, h_txt: Tensor, similarity: Tensor) -> Tensor:
+    """L_intra = 1/2 [ NLL(u^v, u^v; S) + NLL(u^t, u^t; S) ]: label similarity kept inside each modality.
+
+    NLL is `similarity_nll` (theta_ij = 1/2 u_i . u_j). MCPH Eq. 8 (intra-modal similarity preservation).
+    """
+    return 0.5 * (similarity_nll(h_img, h_img, similarity) + similarity_nll(h_txt, h_txt, similarity))
+
+
+def inter_modal_similarity_loss(h_img: Tensor, h_txt: Tensor, similarity: Tensor,
+                                memory_codes: Tensor | None = None, memory_similarity: Tensor | None = None) -> Tensor:
+    """L_inter = NLL(u^v, u^t; S) + 1/2 [ NLL(u^v, B; S_m) + NLL(u^t, B; S_m) ]  (MCPH Eq. 8, inter-modal).
+
+    The first term compares image and text codes of the batch; the second compares them with the
+    fused codes B of the whole training set (the code memory, as in DCMH), whose bits stand for
+    both modalities of each item; S_m is the batch-vs-memory label similarity. Without a memory
+    only the first term is used.
+    """
+    loss = similarity_nll(h_img, h_txt, similarity)
+    if memory_codes is not None and memory_codes.shape[0]:
+        loss = loss + 0.5 * (similarity_nll(h_img, memory_codes, memory_similarity)
+                             + similarity_nll(h_txt, memory_codes, memory_similarity))
+    return loss
+
+
+# ---- TriPAH ("Imbalance-Aware Tri-Prompt Affinity Hashing for Cross-Modal Medical Retrieval", 2026).
+# Equation numbers are the paper's; where it leaves room, our reading is in docs/methods.md. --------
+def multi_positive_info_nce(a: Tensor, b: Tensor, positives: Tensor, temperature: float = 0.05) -> Tensor:
+    """Multi-positive symmetric InfoNCE (TriPAH Eqs. 5-6, global alignment).
+
+    s_ij = cos(a_i, b_j) / tau;  q_ij = P_ij / sum_j P_ij  (P_ii = 1, P_ij = 1 when i and j share a label)
+    L = 1/2 [ mean_i CE(softmax_j s_ij, q_i) + mean_j CE(softmax_i s_ij, q_j) ]
+
+    With P = I it is the plain InfoNCE of CLIP; the extra positives stop pairs of the same disease
+    from being pushed apart as negatives (Khosla et al., "Supervised Contrastive Learning", 2020).
+    """
+    pos = positives.float().clone()
+    pos.fill_diagonal_(1.0)
+    logits = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T / temperature
+    q_rows = pos / pos.sum(dim=1, keepdim=True)
+    q_cols = pos.T / pos.T.sum(dim=1, keepdim=True)
+    loss_ab = -(q_rows * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    loss_ba = -(q_cols * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+    return 0.5 * (loss_ab + loss_ba)
+
+
+def jsd_adaptive_temperature(a: Tensor, b: Tensor, tau: float = 0.05, spread: float = 1.0) -> Tensor:
+    """Per-sample temperature from the disagreement of the two retrieval directions (TriPAH Eq. 7).
+
+    p_i = softmax_j(cos(a_i, b_j) / tau),  q_i = softmax_j(cos(b_i, a_j) / tau)
+    tau_i = tau * (1 + spread * JSD(p_i || q_i) / ln 2)      (detached; JSD in [0, ln 2])
+
+    A pair whose image->text and text->image neighbourhoods disagree is probably a weak or wrong
+    match; its softer temperature shrinks its gradient (the JSD-adaptive temperature of MCPH, MICCAI
+    2024, applied per sample to the prompt views).
+    """
+    sim = F.normalize(a.detach().float(), dim=-1) @ F.normalize(b.detach().float(), dim=-1).T
+    jsd = jensen_shannon(sim / tau, sim.T / tau)
+    return tau * (1.0 + spread * jsd / math.log(2.0))
+
+
+def intra_text_consistency(report: Tensor, prompt: Tensor, valid: Tensor | None = None, temperature: float = 0.05) -> Tensor:
+    """Intra-text consistency between a report and its own context-prompt view (TriPAH Eq. 9).
+
+    InfoNCE over the rows whose prompt was kept (valid_i = delta_i = 1): the report's embedding must
+    pick its own context prompt among the batch's. Zero when fewer than two rows are valid.
+    """
+    if valid is not None:
+        report, prompt = report[valid.bool()], prompt[valid.bool()]
+    if report.shape[0] < 2:
+        return report.new_zeros(())
+    return info_nce(report, prompt, temperature)
+
+
+def progressive_quantization_weight(epoch: float, midpoint: float, steepness: float = 1.0) -> float:
+    """lambda(e) = 1 / (1 + exp(-k (e - e0))): the logistic ramp of TriPAH's quantization (Eq. 10)."""
+    return 1.0 / (1.0 + math.exp(-steepness * (epoch - midpoint)))
+
+
+def asymmetric_quantization_loss(h_img: Tensor, h_txt: Tensor, image_weight: float) -> Tensor:
+    """L_q = lambda(e) ||h_v - sign(h_v)||^2 + ||h_t - sign(h_t)||^2   (TriPAH Eq. 10, asymmetric).
+
+    Image codes, the harder modality, are left continuous early and pulled to +-1 as lambda(e)
+    rises; text codes are quantized from the start.
+    """
+    return image_weight * quantization_loss(h_img) + quantization_loss(h_txt)
+
+
+def class_balanced_weights(counts: Tensor, zeta: float = 0.999) -> Tensor:
+    """omega_c = (1 - zeta) / (1 - zeta^{N_c}), normalised to sum to C (TriPAH Eq. 11).
+
+    The "effective number of samples" weights of Cui et al., "Class-Balanced Loss Based on
+    Effective Number of Samples", CVPR 2019. N_c < 1 is treated as 1.
+    """
+    n = counts.float().clamp_min(1.0)
+    w = (1.0 - zeta) / (1.0 - torch.pow(torch.as_tensor(zeta, dtype=n.dtype, device=n.device), n))
+    return w * (w.numel() / w.sum())
+
+
+def class_balanced_bce(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+    """L_cls = mean_ic omega_c BCE(sigmoid(z_ic), y_ic)   (TriPAH Eq. 11, on the hash codes' logits)."""
+    per = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+    return (per * weights.float()[None, :]).mean()
+
+
+def bayesian_consistency_kl(view_logits: list[Tensor], prior: Tensor) -> Tensor:
+    """Bayesian consistency of the views' class posteriors (TriPAH Eq. 12, our reading).
+
+    Independent views combine by Bayes' rule: logit p_bar = sum_v logit p_v - (V - 1) logit pi,
+    with pi the class prior. Each view is pulled to the fused posterior:
+    L = mean_v mean_ic KL(Bern(p_bar_ic) || Bern(p_v_ic)), p_bar detached (it is the target).
+    """
+    z = torch.stack([v.float() for v in view_logits])  # (V, B, C)
+    pi = prior.float().clamp(1e-4, 1 - 1e-4)
+    fused = (z.sum(dim=0) - (z.shape[0] - 1) * torch.log(pi / (1 - pi))).detach()
+    p_bar = torch.sigmoid(fused)
+    log_p, log_not_p = F.logsigmoid(fused), F.logsigmoid(-fused)
+    kl = p_bar * (log_p - F.logsigmoid(z)) + (1 - p_bar) * (log_not_p - F.logsigmoid(-z))
+    return kl.mean()
+
+
+# ---- PromptHash ("Affinity-Prompted Collaborative Cross-Modal Learning for Adaptive Hashing
+# Retrieval", CVPR 2025). Our reading of each term is in docs/methods.md. ----------------------------
+def prompt_affinity_loss(features: Tensor, prompts: Tensor, labels: Tensor, temperature: float = 0.07) -> Tensor:
+    """Intra-/inter-class prompt affinity (PromptHash PACL, global and local prompt alignment).
+
+    a_ic = cos(f_i, p_c) / tau;  L = mean_ic BCE(sigmoid(a_ic), y_ic)
+    pulls a sample towards the prompts of its classes (intra-class affinity) and away from the
+    prompts of the others (inter-class affinity); multi-label, so a sigmoid per class.
+    """
+    logits = F.normalize(features.float(), dim=-1) @ F.normalize(prompts.float(), dim=-1).T / temperature
+    return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+
+def code_reconstruction_loss(reconstruction: Tensor, target: Tensor) -> Tensor:
+    """L_rec = mean_i (1 - cos(D(h_i), e_i)): the code must keep what its embedding carries
+    (PromptHash's reconstruction term of hash learning; the target is detached)."""
+    return (1.0 - F.cosine_similarity(reconstruction.float(), target.detach().float(), dim=-1)).mean()
+
+
+def code_distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """L_kd = mean_i (1 - cos(h_i, t_i)) towards a detached teacher code: a per-modality code learns from
+    the cross-modal fused code of the same pair (training only; see docs/methods.md)."""
+    return (1.0 - F.cosine_similarity(student.float(), teacher.detach().float(), dim=-1)).mean()

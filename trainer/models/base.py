@@ -1,0 +1,100 @@
+"""BASE: the papers' ablation baseline. Two encoders (frozen except the top blocks), a projection
+per modality, and one tanh hash layer per code length; optional multi-label classifier.
+
+Loss = contrastive + beta * similarity + alpha * quantization (+ bit balance, + classifier), each
+averaged over the code lengths; weights and switches come from ModelConfig. Under torchrun the
+batch-level terms (contrastive, similarity, bit balance) see the global batch.
+
+BASE can start from cached frozen stems (both modalities; rules in trainer/models/hashing.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainer import distributed, losses
+from trainer.config import ModelConfig, TrainConfig
+from trainer.models.backbones import Backbone
+from trainer.models.hashing import HashingModel, TextStem
+from trainer.models.heads import HashHeads, LabelClassifier, Projection
+from trainer.models.registry import register_method
+
+if TYPE_CHECKING:
+    from trainer.data.dataset import Batch
+
+
+@register_method("base")
+class BaseHashing(HashingModel):
+    """Per-modality projection + hash heads on the backbone's global features."""
+
+    stem_cache: ClassVar[frozenset[str]] = frozenset({"image", "text"})
+
+    def __init__(self, cfg: ModelConfig, backbone: Backbone) -> None:
+        super().__init__(cfg, backbone)
+        d = cfg.embed_dim
+        self.image_proj = Projection(backbone.image_global_dim, d)
+        self.text_proj = Projection(backbone.text_global_dim, d)
+        self.image_hash = HashHeads(d, self.bits)
+        self.text_hash = HashHeads(d, self.bits)
+        self.classifier = LabelClassifier(d, len(cfg.label_names)) if cfg.on("classifier") and cfg.label_names else None
+
+    # ---- per-modality paths (never see the other modality or other samples) --------------------
+    def image_features(self, images: Tensor, *, stem: Tensor | None = None) -> Tensor:
+        bb = self.backbone
+        return self.image_proj(bb.image_pool(bb.image_top(self.image_stem_of(images, stem))))
+
+    def text_features(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> Tensor:
+        bb = self.backbone
+        return self.text_proj(bb.text_pool(bb.text_top(*self.text_stem_of(tokens, stem)), tokens))
+
+    def encode_image(self, images: Tensor, meta: Sequence[dict[str, Any] | None] | None = None, *,
+                     stem: Tensor | None = None) -> dict[int, Tensor]:
+        return self.image_hash(self.image_features(images, stem=stem))  # BASE uses no image metadata
+
+    def encode_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> dict[int, Tensor]:
+        return self.text_hash(self.text_features(tokens, stem=stem))
+
+    def embed_image(self, images: Tensor, meta: Sequence[dict[str, Any] | None] | None = None, *,
+                    stem: Tensor | None = None) -> Tensor:
+        return F.normalize(self.image_features(images, stem=stem), dim=-1)
+
+    def embed_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> Tensor:
+        return F.normalize(self.text_features(tokens, stem=stem), dim=-1)
+
+    # ---- training ------------------------------------------------------------------------------
+    def loss_terms(self, batch: Batch, train_cfg: TrainConfig, *, epoch: int) -> dict[str, Tensor]:
+        cfg, w = self.cfg, self.cfg.loss_weights
+        img_stem, txt_stem = self.batch_stems(batch)
+        f_img, f_txt = self.image_features(batch.images, stem=img_stem), self.text_features(batch.tokens, stem=txt_stem)
+        h_img, h_txt = self.image_hash(f_img), self.text_hash(f_txt)
+        # Global batch under torchrun (identity in one process): pairs across ranks are negatives too.
+        g_img = {b: distributed.gather_with_grad(h) for b, h in h_img.items()}
+        g_txt = {b: distributed.gather_with_grad(h) for b, h in h_txt.items()}
+        terms: dict[str, Tensor] = {}
+
+        def per_bits(fn, img: dict[int, Tensor] = g_img, txt: dict[int, Tensor] = g_txt) -> Tensor:
+            return sum(fn(img[b], txt[b]) for b in self.bits) / len(self.bits)
+
+        if cfg.on("contrastive"):
+            terms["contrastive"] = w["contrastive"] * per_bits(lambda a, b: losses.info_nce(a, b, cfg.temperature))
+        if cfg.on("similarity"):
+            labels = distributed.all_gather(batch.labels)
+            s = losses.label_similarity(labels, labels)
+            terms["similarity"] = w["similarity"] * per_bits(lambda a, b: losses.similarity_nll(a, b, s))
+        if cfg.on("quantization"):
+            q = per_bits(lambda a, b: losses.quantization_loss(a) + losses.quantization_loss(b), h_img, h_txt)
+            terms["quantization"] = w["quantization"] * q
+        if cfg.on("bit_balance"):
+            bb = per_bits(lambda a, b: losses.bit_balance_loss(a) + losses.bit_balance_loss(b))
+            terms["bit_balance"] = w["bit_balance"] * bb
+        if self.classifier is not None:
+            c = losses.multilabel_bce(self.classifier(f_img), batch.labels)
+            c = c + losses.multilabel_bce(self.classifier(f_txt), batch.labels)
+            terms["classifier"] = w["classifier"] * c
+        if not terms:
+            raise ValueError("every loss component of BASE is switched off")
+        return terms
