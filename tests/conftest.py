@@ -45,3 +45,23 @@ def iu_reports(shared_data: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"IU X-ray reports not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A library built with the real services from the project's own demo data (no shared data
+    needed): generated chest DICOMs + fundus PNGs, a BASE model on the tiny backbone (2 epochs),
+    every case encoded. About half a minute on 2 CPU cores; shared by the service and CLI tests."""
+    from medhash_app.core.demo.generator import generate_demo_dataset
+    from medhash_app.core.session import MedHashSession
+    from medhash_app.core.training import TrainRequest, train_on_library
+
+    root = tmp_path_factory.mktemp("tiny-library")
+    manifest = generate_demo_dataset(root / "source", n_chest=60, n_fundus=60, seed=1)
+    library = root / "library"
+    with MedHashSession(library, create=True, device="cpu") as session:
+        report = session.ingest([manifest])
+        assert report.added == 120 and not report.failed
+        train_on_library(session, TrainRequest(method="base", bits=[16, 32], epochs=2, backbone="tiny",
+                                               device="cpu", seed=0))
+    return library

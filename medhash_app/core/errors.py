@@ -9,9 +9,19 @@ from __future__ import annotations
 from trainer.errors import CheckpointError, DataError, MedHashError, TrainingError
 
 __all__ = [
-    "MedHashError", "CheckpointError", "DataError", "TrainingError", "UnsupportedFileError",
-    "CorruptFileError", "ImageTooLargeError", "InvalidReportError", "DatasetLayoutError",
-    "LibraryError", "ModelError", "IndexCacheError",
+    "CheckpointError",
+    "CorruptFileError",
+    "DataError",
+    "DatasetLayoutError",
+    "ImageTooLargeError",
+    "IndexCacheError",
+    "InvalidReportError",
+    "JobCancelled",
+    "LibraryError",
+    "MedHashError",
+    "ModelError",
+    "TrainingError",
+    "UnsupportedFileError",
 ]
 
 
@@ -41,6 +51,10 @@ class LibraryError(MedHashError):
 
 class ModelError(CheckpointError):
     """A checkpoint is missing, truncated, or does not fit the request (e.g. other bits)."""
+
+
+class JobCancelled(MedHashError):
+    """The user stopped a long job; what was done so far is kept and a re-run resumes it."""
 
 
 class IndexCacheError(MedHashError):

@@ -6,20 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from medhash_app.core.library.filters import CaseFilter as SearchFilters
+
+__all__ = ["Hit", "SearchFilters", "SearchQuery", "SearchResult", "Target"]
+
 Target = Literal["reports", "images", "both"]
-
-
-@dataclass
-class SearchFilters:
-    """Optional restrictions on the hits; all given fields must hold (labels: any of them)."""
-
-    labels: list[str] = field(default_factory=list)
-    modality: str | None = None
-    view: str | None = None
-    domain: str | None = None
-    date_from: str | None = None  # ISO date, inclusive
-    date_to: str | None = None
-    keyword: str | None = None  # SQLite FTS5 over the report text
 
 
 @dataclass
@@ -28,7 +19,7 @@ class SearchQuery:
 
     image_path: Path | None = None
     text: str | None = None
-    target: Target = "reports"
+    target: Target | None = None  # None: the other modality (image -> reports, text -> images)
     k: int = 20
     bits: int | None = None  # None: the largest code length of the active model
     filters: SearchFilters = field(default_factory=SearchFilters)
@@ -53,7 +44,7 @@ class Hit:
 class SearchResult:
     hits: list[Hit]
     bits: int
-    model_id: str
+    model_id: int
     device: str
     encode_ms: float
     search_ms: float

@@ -1,0 +1,367 @@
+"""`medhash …`: headless commands over the same core services the desktop app uses.
+
+Every command takes `--json` and then prints one JSON document on stdout (shapes in docs/cli.md);
+progress goes to stderr. User-caused problems exit with status 2 and a one-line reason; Ctrl-C
+stops long jobs at a consistent point (exit 130).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before FAISS/torch start OpenMP (see docs/cli.md)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medhash_app.cli_support import (
+    Stopwatch,
+    cancellable,
+    console,
+    emit_json,
+    emit_jsonl,
+    fail,
+    progress_bar,
+)
+from medhash_app.core.errors import JobCancelled, MedHashError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
+                  help="MedHash: similar-case search for chest radiographs and fundus photographs.")
+index_app = typer.Typer(help="Inspect or rebuild the FAISS caches of a library.")
+app.add_typer(index_app, name="index")
+
+LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+ModelOpt = Annotated[int | None, typer.Option("--model", help="Model id (default: the active model).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+
+
+def _session(library: Path, create: bool = False, device: str = "auto"):
+    from medhash_app.core.session import MedHashSession
+
+    return MedHashSession(library, create=create, device=device)
+
+
+def _bits(text: str) -> list[int]:
+    try:
+        return sorted({int(b) for b in text.split(",") if b.strip()})
+    except ValueError:
+        raise MedHashError("--bits", f"expected comma-separated numbers like 16,32,64, got {text!r}") from None
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(ctx: typer.Context,
+                  library: Annotated[Path | None, typer.Option("--library", "-l")] = None) -> None:
+    """With no command: open the desktop app."""
+    if ctx.invoked_subcommand is None:
+        from medhash_app.ui.app import run_app
+
+        raise typer.Exit(run_app(library, []))
+
+
+@app.command("ingest")
+def ingest_cmd(paths: Annotated[list[Path], typer.Argument(help="Files, folders, DICOMDIRs or manifests.")],
+               library: LibraryOpt, as_json: JsonOpt = False,
+               domain: Annotated[str | None, typer.Option(help="chest or fundus (default: detect).")] = None,
+               ) -> None:
+    """Add images (and their reports) to a library, creating it if needed; re-runs skip what is there."""
+    try:
+        with _session(library, create=True) as session, cancellable() as cancel, \
+                progress_bar("Ingest", not as_json) as update:
+            report = session.ingest(paths, domain=domain, cancel=cancel,
+                                    progress=lambda p: update(p.done, p.total, f"{p.files_per_s:.1f} files/s"))
+    except MedHashError as exc:
+        fail(exc, as_json)
+    payload = report.to_dict()
+    if as_json:
+        emit_json(payload)
+    else:
+        console.print(f"added {report.added}, skipped {report.skipped}, failed {len(report.failed)}")
+        for path, reason in report.failed:
+            console.print(f"  [red]failed[/] {path}: {reason}")
+    if report.cancelled:
+        raise typer.Exit(130)
+
+
+@app.command("train")
+def train_cmd(library: LibraryOpt,
+              method: Annotated[str, typer.Option(help="base, mcph, tripah or prompthash.")] = "base",
+              bits: Annotated[str, typer.Option(help="Code lengths, e.g. 16,32,64.")] = "16,32,64",
+              epochs: Annotated[int, typer.Option(min=1)] = 10,
+              seed: int = 0,
+              out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default: in the library).")] = None,
+              backbone: Annotated[str, typer.Option(help="embedded, tiny or open_clip:<arch>.")] = "embedded",
+              weights: Annotated[Path | None, typer.Option(help="Local weights for open_clip:<arch>.")] = None,
+              batch_size: Annotated[int | None, typer.Option(min=2, help="Default: the method's.")] = None,
+              lr: Annotated[float | None, typer.Option(help="Learning rate (default: the method's).")] = None,
+              noise_rate: Annotated[float, typer.Option(help="Inject this fraction of shuffled pairs.")] = 0.0,
+              noise_handling: Annotated[str, typer.Option(help="none or adaptive_temperature.")] = "none",
+              components: Annotated[str | None, typer.Option(help="Switches, e.g. 'vpl=off,tpl=on'.")] = None,
+              split_sizes: Annotated[str | None, typer.Option(
+                  help="Split sizes, e.g. 'query=350,train=2275' (default: 10 % query, 10 % val).")] = None,
+              device: DeviceOpt = "auto",
+              progress: Annotated[str, typer.Option(help="bar, jsonl or none.")] = "bar",
+              activate: Annotated[bool, typer.Option(help="Make the new model active and encode.")] = True,
+              as_json: JsonOpt = False) -> None:
+    """Train a hashing model on the library's cases, evaluate it on held-out queries, register it."""
+    from medhash_app.core.training import TrainRequest
+
+    try:
+        request = TrainRequest(method=method, bits=_bits(bits), epochs=epochs, seed=seed, out=out,
+                               backbone=backbone, weights_path=weights, batch_size=batch_size, lr=lr,
+                               noise_rate=noise_rate, noise_handling=noise_handling,
+                               components=_switches(components), device=device, activate=activate,
+                               split_sizes=_sizes(split_sizes))
+        with _session(library, device=device) as session, cancellable() as cancel:
+            outcome = _run_training(session, request, progress, as_json, cancel)
+    except JobCancelled as exc:
+        if progress == "jsonl":
+            emit_jsonl({"event": "cancelled", "item": exc.item, "reason": exc.reason})
+        console.print(f"[yellow]{exc.reason}[/]")
+        raise typer.Exit(130) from None
+    except MedHashError as exc:
+        if progress == "jsonl":
+            emit_jsonl({"event": "error", "item": exc.item, "reason": exc.reason})
+        fail(exc, as_json)
+    if as_json:
+        emit_json(outcome.to_dict())
+    elif progress != "jsonl":
+        _print_metrics(outcome.to_dict())
+
+
+def _run_training(session, request, progress: str, as_json: bool, cancel):
+    from medhash_app.core.training import train_on_library
+
+    if progress == "jsonl":
+        return train_on_library(session, request, progress=emit_jsonl, cancel=cancel)
+    with progress_bar("Train", progress == "bar" and not as_json) as update:
+        def on_event(event: dict) -> None:
+            if event.get("event") in ("step", "epoch"):
+                note = f"epoch {event.get('epoch')} loss {event.get('losses', {}).get('total', 0):.4f}"
+                if event.get("val_map"):
+                    note += f" val mAP {json.dumps(event['val_map'])}"
+                update(event.get("global_step", 0), event.get("total_steps"), note)
+        return train_on_library(session, request, progress=on_event, cancel=cancel)
+
+
+def _sizes(text: str | None) -> dict[str, int] | None:
+    if not text:
+        return None
+    try:
+        return {name.strip(): int(value) for name, _, value in (p.partition("=") for p in text.split(","))}
+    except ValueError:
+        raise MedHashError("--split-sizes", f"expected name=count pairs like query=350,train=2275, got {text!r}") from None
+
+
+def _switches(text: str | None) -> dict[str, bool]:
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if value.strip().lower() not in ("on", "off", "true", "false", "1", "0"):
+            raise MedHashError("--components", f"expected name=on|off, got {part!r}")
+        out[name.strip()] = value.strip().lower() in ("on", "true", "1")
+    return out
+
+
+def _print_metrics(payload: dict) -> None:
+    console.print(f"model {payload.get('model_id')} saved to {payload.get('checkpoint')}")
+    for name, value in (payload.get("metrics") or {}).items():
+        console.print(f"  {name}: {value}")
+
+
+@app.command("encode")
+def encode_cmd(library: LibraryOpt, model: ModelOpt = None, device: DeviceOpt = "auto",
+               as_json: JsonOpt = False) -> None:
+    """Compute and store codes for every case not yet encoded by the model (resumable)."""
+    watch = Stopwatch()
+    try:
+        with _session(library, device=device) as session, cancellable() as cancel, \
+                progress_bar("Encode", not as_json) as update:
+            count = session.encode_library(model, cancel=cancel, progress=lambda d, t: update(d, t, ""))
+            model_row = session.resolve_model(model)
+    except MedHashError as exc:
+        fail(exc, as_json)
+    payload = {"model_id": model_row["id"], "encoded": count, "seconds": round(watch.ms / 1000, 2)}
+    emit_json(payload) if as_json else console.print(f"encoded {count} cases with model {model_row['id']}")
+
+
+@app.command("search")
+def search_cmd(library: LibraryOpt,
+               image: Annotated[Path | None, typer.Option(help="Query image file (DICOM, PNG, JPEG).")] = None,
+               text: Annotated[str | None, typer.Option(help="Query report text.")] = None,
+               target: Annotated[str | None, typer.Option(help="reports, images or both.")] = None,
+               k: Annotated[int, typer.Option("-k", min=1, help="Number of hits.")] = 10,
+               bits: Annotated[int | None, typer.Option(help="Code length (default: longest).")] = None,
+               label: Annotated[list[str] | None, typer.Option(help="Keep hits with any of these labels.")] = None,
+               modality: str | None = None, view: str | None = None, domain: str | None = None,
+               date_from: str | None = None, date_to: str | None = None,
+               keyword: Annotated[str | None, typer.Option(help="Full-text filter on reports.")] = None,
+               rerank: Annotated[bool, typer.Option(help="Re-rank by continuous embeddings.")] = False,
+               model: ModelOpt = None, device: DeviceOpt = "auto", as_json: JsonOpt = False) -> None:
+    """Rank library cases by Hamming distance to the query's code."""
+    from medhash_app.core.search import SearchFilters, SearchQuery
+
+    try:
+        if (image is None) == (text is None):
+            raise MedHashError("query", "give exactly one of --image FILE or --text TEXT")
+        if target not in (None, "reports", "images", "both"):
+            raise MedHashError("--target", "must be reports, images or both")
+        filters = SearchFilters(labels=label or None, modality=modality, view=view, domain=domain,
+                                date_from=date_from, date_to=date_to, keyword=keyword)
+        query = SearchQuery(image_path=image, text=text, target=target, k=k, bits=bits, filters=filters,
+                            rerank=rerank)
+        with _session(library, device=device) as session:
+            result = session.search(query, model)
+    except MedHashError as exc:
+        fail(exc, as_json)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    _print_hits(result)
+
+
+def _print_hits(result) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.query_kind} query · {result.bits} bits · {result.total_ms:.0f} ms "
+                        f"on {result.device}")
+    for col in ("#", "dist", "sim", "matched", "labels", "report / file"):
+        table.add_column(col)
+    for hit in result.hits:
+        excerpt = (hit.case.get("report") or Path(hit.case.get("source_path") or "").name)[:90]
+        table.add_row(str(hit.rank), str(hit.distance), f"{hit.similarity:.3f}", hit.matched,
+                      ", ".join(hit.case.get("labels") or []), excerpt)
+    console.print(table)
+
+
+@app.command("eval")
+def eval_cmd(library: LibraryOpt, model: ModelOpt = None, device: DeviceOpt = "auto",
+             as_json: JsonOpt = False) -> None:
+    """mAP@all, mAP@k, P@k of a model on its held-out query split (the papers' protocol)."""
+    from medhash_app.core.training import evaluate_model
+
+    try:
+        with _session(library, device=device) as session:
+            report = evaluate_model(session, model)
+    except MedHashError as exc:
+        fail(exc, as_json)
+    emit_json(report) if as_json else _print_metrics({"model_id": report["model_id"], "metrics": report["metrics"]})
+
+
+@app.command("info")
+def info_cmd(file: Annotated[Path | None, typer.Argument(help="An image file to describe.")] = None,
+             library: Annotated[Path | None, typer.Option("--library", "-l")] = None,
+             as_json: JsonOpt = False) -> None:
+    """Describe an image file (header facts, no PHI) or a library (cases, models, codes)."""
+    from medhash_app.core.info import describe_file, describe_library
+
+    try:
+        if (file is None) == (library is None):
+            raise MedHashError("info", "give either a FILE or --library DIR")
+        payload = describe_file(file) if file is not None else describe_library(library)
+    except MedHashError as exc:
+        fail(exc, as_json)
+    if as_json:
+        emit_json(payload)
+    else:
+        for key, value in payload.items():
+            console.print(f"[bold]{key}[/]: {value}")
+
+
+@app.command("models")
+def models_cmd(library: LibraryOpt,
+               activate: Annotated[int | None, typer.Option(help="Make this model active.")] = None,
+               as_json: JsonOpt = False) -> None:
+    """List the library's models; optionally choose the active one."""
+    try:
+        with _session(library) as session:
+            if activate is not None:
+                session.set_active_model(activate)
+            rows = session.models()
+    except MedHashError as exc:
+        fail(exc, as_json)
+    payload = [{k: m[k] for k in ("id", "name", "method", "bits", "active", "checkpoint_path", "metrics")}
+               for m in rows]
+    if as_json:
+        emit_json(payload)
+    else:
+        for m in payload:
+            console.print(f"{'*' if m['active'] else ' '} {m['id']}: {m['name']} {m['method']} bits={m['bits']}")
+
+
+@index_app.command("status")
+def index_status_cmd(library: LibraryOpt, as_json: JsonOpt = False) -> None:
+    """Code counts and FAISS cache state per model, modality and code length."""
+    try:
+        with _session(library) as session:
+            rows = session.index_status()
+    except MedHashError as exc:
+        fail(exc, as_json)
+    if as_json:
+        emit_json(rows)
+    else:
+        for r in rows:
+            console.print(f"{r['key']}: {r['count']} codes, cache {r['state']}")
+
+
+@index_app.command("rebuild")
+def index_rebuild_cmd(library: LibraryOpt, as_json: JsonOpt = False) -> None:
+    """Rebuild every FAISS cache from the codes in SQLite."""
+    try:
+        with _session(library) as session:
+            session.rebuild_indexes()
+            rows = session.index_status()
+    except MedHashError as exc:
+        fail(exc, as_json)
+    emit_json(rows) if as_json else console.print(f"rebuilt {sum(1 for r in rows if r['count'])} indexes")
+
+
+@app.command("demo")
+def demo_cmd(library: Annotated[Path | None, typer.Option("--library", "-l",
+                                                             help="Where to build it (default: user data dir).")] = None,
+             backbone: str = "embedded",
+             epochs: Annotated[int, typer.Option(min=1)] = 8,
+             window: Annotated[bool, typer.Option(help="Open the desktop app on the demo library.")] = True,
+             as_json: JsonOpt = False) -> None:
+    """Build the demo library (generated data), train or load the default model, run example queries."""
+    from medhash_app.core.demo.pipeline import run_demo
+
+    try:
+        with cancellable() as cancel:
+            outcome = run_demo(library, backbone=backbone, epochs=epochs, cancel=cancel,
+                               log=None if as_json else console.print)
+    except MedHashError as exc:
+        fail(exc, as_json)
+    if as_json:
+        emit_json(outcome)
+    if window and not as_json and _has_display():
+        from medhash_app.ui.app import run_app
+
+        raise typer.Exit(run_app(Path(outcome["library"]), []))
+
+
+def _has_display() -> bool:
+    """A visible window can open (an X or Wayland display; headless runs just print)."""
+    if os.environ.get("QT_QPA_PLATFORM", "") in ("offscreen", "minimal"):
+        return False
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

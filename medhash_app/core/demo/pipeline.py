@@ -1,0 +1,74 @@
+"""`medhash demo`: generated data -> library -> trained (or reused) model -> example queries.
+
+Everything runs offline on the project's own generated data. A second run reuses the library and
+its active model, so the demo opens in seconds after the first time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_data_dir
+
+from medhash_app.core.demo.generator import DEMO_QUERIES, demo_query_images, generate_demo_dataset
+from medhash_app.core.search import SearchQuery
+from medhash_app.core.session import MedHashSession
+from medhash_app.core.training import TrainRequest, train_on_library
+
+Log = Callable[[str], None] | None
+
+
+def default_demo_library() -> Path:
+    return Path(user_data_dir("MedHash", appauthor=False)) / "demo-library"
+
+
+def _say(log: Log, text: str) -> None:
+    if log is not None:
+        log(text)
+
+
+def _ensure_model(session: MedHashSession, backbone: str, epochs: int, cancel: threading.Event | None,
+                  log: Log) -> dict[str, Any]:
+    active = session.active_model()
+    if active is not None and (active.get("config") or {}).get("backbone") == backbone:
+        _say(log, f"Using the trained model {active['id']} ({active['method']}, {active['bits']} bits).")
+        return {"model_id": active["id"], "trained": False, "metrics": active.get("metrics") or {}}
+    _say(log, f"Training BASE on the {backbone} backbone for {epochs} epochs (CPU: a few minutes)…")
+    request = TrainRequest(method="base", bits=[16, 32, 64], epochs=epochs, backbone=backbone, seed=0)
+    outcome = train_on_library(session, request, cancel=cancel)
+    return {"model_id": outcome.model_id, "trained": True, "metrics": outcome.metrics}
+
+
+def _example_queries(session: MedHashSession, source: Path) -> list[dict[str, Any]]:
+    queries = [SearchQuery(image_path=p, k=5) for p in demo_query_images(source)]
+    queries += [SearchQuery(text=t, k=5) for t in DEMO_QUERIES]
+    answers = []
+    for query in queries:
+        result = session.search(query)
+        answers.append({"query": str(query.image_path or query.text), **result.to_dict()})
+    return answers
+
+
+def run_demo(library: Path | None = None, *, backbone: str = "embedded", epochs: int = 8,
+             cancel: threading.Event | None = None, log: Log = None) -> dict[str, Any]:
+    """Build (or reuse) the demo library and answer the example queries; returns a JSON-able dict."""
+    folder = Path(library) if library is not None else default_demo_library()
+    source = folder / "demo-source"
+    with MedHashSession(folder, create=True) as session:
+        if not (source / "pairs.jsonl").is_file():
+            _say(log, f"Generating demo radiographs and fundus photographs in {source} …")
+            generate_demo_dataset(source, workers=2)
+        report = session.ingest([source / "pairs.jsonl"], cancel=cancel)
+        _say(log, f"Library {folder}: {session.library.count_cases()} cases "
+                  f"({report.added} new, {len(report.failed)} failed).")
+        model = _ensure_model(session, backbone, epochs, cancel, log)
+        answers = _example_queries(session, source)
+    for answer in answers:
+        _say(log, f"\nQuery: {answer['query'][:100]}  ({answer['timing_ms']['total']:.0f} ms)")
+        for hit in answer["hits"]:
+            text = (hit["report"] or Path(hit["source_path"]).name).replace("\n", " ")[:80]
+            _say(log, f"  {hit['rank']}. d={hit['distance']:>2}  [{', '.join(hit['labels'] or [])}]  {text}")
+    return {"library": str(folder), "cases": report.added + report.skipped, "model": model, "queries": answers}

@@ -1,0 +1,233 @@
+"""Query file or text -> code -> Hamming top-k -> SQLite rows.
+
+Ranking rule (the same as trainer/evaluate.py): ascending Hamming distance, ties broken by
+database position (case insertion order). With filters the candidate rows are selected in SQLite
+first and ranked exactly over that subset, so a filter never hides a closer match. With "both"
+targets the two ranked lists are merged by distance (cross-modal hits first on equal distance) and
+each case appears once, with its better match.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medhash_app.core.encoder.service import EncodedBatch, EncoderService
+from medhash_app.core.errors import MedHashError, ModelError
+from medhash_app.core.index import BinaryIndexCache
+from medhash_app.core.library import Library
+from medhash_app.core.library.filters import CaseFilter
+from medhash_app.core.search.types import Hit, SearchQuery, SearchResult
+from trainer.data.labels import labels_from_report
+from trainer.evaluate import hamming_distances
+
+RERANK_SHORTLIST = 10  # re-ranking looks at k * this many Hamming candidates
+
+
+@dataclass
+class LoadedCodes:
+    """One (model, modality, bits) code set in database order, with its index."""
+
+    ids: np.ndarray
+    codes: np.ndarray
+    index: Any
+
+
+@dataclass
+class Ranked:
+    """One modality's ranked candidates: case ids, distances and their database positions."""
+
+    modality: str
+    case_ids: np.ndarray
+    distances: np.ndarray
+    positions: np.ndarray
+
+
+def _has_filter(flt: CaseFilter | None) -> bool:
+    if flt is None:
+        return False
+    return any(v not in (None, [], ()) for v in (flt.labels, flt.modality, flt.view, flt.domain,
+                                                  flt.split, flt.date_from, flt.date_to, flt.keyword))
+
+
+def _normalise(flt: CaseFilter | None) -> CaseFilter | None:
+    """Empty lists mean "no condition" for the UI's filter bar."""
+    if not _has_filter(flt):
+        return None
+    assert flt is not None
+    labels = list(flt.labels) if flt.labels else None
+    return CaseFilter(labels=labels, modality=flt.modality or None, view=flt.view or None,
+                      domain=flt.domain or None, split=flt.split or None, date_from=flt.date_from or None,
+                      date_to=flt.date_to or None, keyword=(flt.keyword or "").strip() or None)
+
+
+class SearchService:
+    """Ranks library cases for one query with the library's active (or a chosen) model."""
+
+    def __init__(self, library: Library, encoders: EncoderPool, index_kind: str = "flat") -> None:
+        self.library = library
+        self.encoders = encoders
+        self.indexes = BinaryIndexCache(library.folder)
+        self.index_kind = index_kind
+        self._loaded: dict[str, LoadedCodes] = {}
+
+    # -- public -------------------------------------------------------------------------------
+    def search(self, query: SearchQuery, model_id: int | None = None) -> SearchResult:
+        t0 = time.perf_counter()
+        model = resolve_model(self.library, model_id)
+        encoder = self.encoders.get(model)
+        bits = self._bits(model, query.bits)
+        kind, encoded, findings = self._encode(encoder, query)
+        t1 = time.perf_counter()
+        targets = _targets(kind, query.target)
+        shortlist = query.k * (RERANK_SHORTLIST if query.rerank else 1)
+        flt = _normalise(query.filters)
+        ranked = [self._rank(model["id"], m, bits, encoded.codes[bits][0], shortlist, flt) for m in targets]
+        hits = self._hits(ranked, bits, kind, query, encoded, model["id"], findings)
+        t2 = time.perf_counter()
+        return SearchResult(hits=hits, bits=bits, model_id=model["id"], device=encoder.device,
+                            encode_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3,
+                            query_kind=kind, query_findings=findings)
+
+    def invalidate(self) -> None:
+        """Forget in-memory indexes (after codes were written)."""
+        self._loaded.clear()
+
+    # -- steps --------------------------------------------------------------------------------
+    @staticmethod
+    def _bits(model: dict, wanted: int | None) -> int:
+        bits = sorted(int(b) for b in model["bits"])
+        if wanted is None:
+            return bits[-1]
+        if wanted not in bits:
+            raise ModelError(f"model {model['id']}", f"has no {wanted}-bit codes (it has {bits})")
+        return wanted
+
+    @staticmethod
+    def _encode(encoder: EncoderService, query: SearchQuery) -> tuple[str, EncodedBatch, list[str]]:
+        if (query.image_path is None) == (query.text is None):
+            raise MedHashError("query", "give either an image file or a report text")
+        if query.image_path is not None:
+            return "image", encoder.encode_files([query.image_path], frame=query.frame), []
+        encoded = encoder.encode_texts([query.text or ""])
+        domain = "fundus" if _looks_fundus(query.text or "") else "chest"
+        return "text", encoded, labels_from_report(query.text or "", domain)
+
+    def warm(self, model_id: int, modality: str, bits: int) -> LoadedCodes:
+        """The codes and their FAISS index, read from SQLite once per session and kept in memory."""
+        key = f"m{model_id}-{modality}-{bits}"
+        count = self.library.count_codes(model_id, modality, bits)
+        cached = self._loaded.get(key)
+        if cached is None or len(cached.ids) != count:
+            ids, codes = self.library.get_codes(model_id, modality, bits)
+            cached = LoadedCodes(ids, codes, self.indexes.get(key, ids, codes, kind=self.index_kind))
+            self._loaded[key] = cached
+        return cached
+
+    def _rank(self, model_id: int, modality: str, bits: int, q: np.ndarray, k: int,
+              flt: CaseFilter | None) -> Ranked:
+        loaded = self.warm(model_id, modality, bits)
+        ids = loaded.ids
+        if len(ids) == 0:
+            return Ranked(modality, ids, np.zeros(0, np.int32), np.zeros(0, np.int64))
+        if flt is None:
+            found = loaded.index.search(q[None, :], min(k, len(ids)))
+            dist, rows = found.distances[0], found.rows[0]
+            keep = rows >= 0
+            return Ranked(modality, ids[rows[keep]], dist[keep].astype(np.int32), rows[keep].astype(np.int64))
+        allowed = set(self.library.case_ids(flt))
+        rows = np.flatnonzero(np.fromiter((i in allowed for i in ids), bool, len(ids)))
+        if len(rows) == 0:
+            return Ranked(modality, ids[:0], np.zeros(0, np.int32), np.zeros(0, np.int64))
+        dist = hamming_distances(q[None, :], loaded.codes[rows])[0]
+        order = np.argsort(dist, kind="stable")[:k]
+        return Ranked(modality, ids[rows[order]], dist[order].astype(np.int32), rows[order])
+
+    def _hits(self, ranked: list[Ranked], bits: int, kind: str, query: SearchQuery,
+              encoded: EncodedBatch, model_id: int, findings: list[str]) -> list[Hit]:
+        merged = _merge(ranked, kind)
+        scores: dict[tuple[str, str], float] = {}
+        if query.rerank:
+            scores = self._rerank_scores(merged, encoded, model_id, bits)
+            merged.sort(key=lambda m: -scores[(m[0], m[1])])
+        merged = merged[:query.k]
+        cases = {c["id"]: c for c in self.library.get_cases([m[1] for m in merged])}
+        hits = []
+        for rank, (modality, case_id, dist) in enumerate(merged, start=1):
+            case = cases[case_id]
+            shared = [f for f in findings if f in (case.get("labels") or [])]
+            hits.append(Hit(rank=rank, case=case, matched=modality, distance=int(dist),
+                            similarity=1.0 - dist / bits, rerank_score=scores.get((modality, case_id)),
+                            shared_findings=shared))
+        return hits
+
+    def _rerank_scores(self, merged: list[tuple[str, str, int]], encoded: EncodedBatch, model_id: int,
+                       bits: int) -> dict[tuple[str, str], float]:
+        q = encoded.embeddings[0]
+        scores: dict[tuple[str, str], float] = {}
+        for modality in {m[0] for m in merged}:
+            ids = [m[1] for m in merged if m[0] == modality]
+            emb = self.library.get_embeddings(model_id, modality, bits, ids)
+            sims = np.nan_to_num(emb @ q, nan=-2.0) if emb.size else np.full(len(ids), -2.0)
+            scores |= {(modality, cid): float(s) for cid, s in zip(ids, sims)}
+        return scores
+
+
+def resolve_model(library: Library, model_id: int | None) -> dict:
+    """The chosen model's row, or the active one; a clear error when there is none."""
+    model = library.get_model(model_id) if model_id is not None else library.active_model()
+    if model is None:
+        what = f"model {model_id}" if model_id is not None else str(library.folder)
+        raise ModelError(what, "no such model in this library" if model_id is not None else
+                         "no trained model is active in this library; run `medhash train` or choose "
+                         "one with `medhash models --activate ID`")
+    return model
+
+
+def _targets(kind: str, target: str | None) -> list[str]:
+    """Which stored codes to search: "reports" = text codes, "images" = image codes."""
+    if target is None:
+        return ["text" if kind == "image" else "image"]
+    return {"reports": ["text"], "images": ["image"], "both": ["text", "image"]}[target]
+
+
+def _merge(ranked: list[Ranked], kind: str) -> list[tuple[str, str, int]]:
+    """Merge per-modality lists by (distance, cross-modal first, position); one entry per case."""
+    entries = []
+    for r in ranked:
+        cross = 0 if r.modality != kind else 1
+        entries += [(int(d), cross, int(p), r.modality, str(c))
+                    for c, d, p in zip(r.case_ids, r.distances, r.positions)]
+    entries.sort()
+    seen: set[str] = set()
+    merged = []
+    for dist, _, _, modality, case_id in entries:
+        if case_id not in seen:
+            seen.add(case_id)
+            merged.append((modality, case_id, dist))
+    return merged
+
+
+_FUNDUS_WORDS = ("fundus", "retinopathy", "glaucoma", "cataract", "macular", "drusen", "myopia", "optic disc")
+
+
+def _looks_fundus(text: str) -> bool:
+    lowered = text.lower()
+    return any(w in lowered for w in _FUNDUS_WORDS)
+
+
+class EncoderPool:
+    """One loaded EncoderService per model id, so repeated searches don't reload weights."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
+        self._encoders: dict[int, EncoderService] = {}
+
+    def get(self, model: dict) -> EncoderService:
+        model_id = int(model["id"])
+        if model_id not in self._encoders:
+            self._encoders[model_id] = EncoderService(model["checkpoint_path"], device=self.device)
+        return self._encoders[model_id]
