@@ -1,0 +1,98 @@
+"""Text shown for a hit: labels, a report excerpt with the shared findings highlighted, dates.
+
+Pure functions (no Qt) so they are easy to test; the delegates only paint what these return.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from typing import Any
+
+EXCERPT_CHARS = 260
+_STOP = {"other", "finding", "findings", "no", "support", "devices", "device", "disease", "the"}
+
+
+def case_labels(case: dict[str, Any]) -> list[str]:
+    """Labels of a case row, whether stored as a list, a JSON list or a comma-separated string."""
+    value = case.get("labels")
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    text = str(value).strip()
+    if text.startswith("["):
+        try:
+            return [str(v) for v in json.loads(text)]
+        except ValueError:
+            pass
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def finding_patterns(findings: list[str]) -> list[re.Pattern[str]]:
+    """Regexes that find a finding in free text: the whole phrase, else its telling words."""
+    patterns: list[re.Pattern[str]] = []
+    for finding in findings:
+        phrase = finding.strip()
+        if not phrase:
+            continue
+        words = [w for w in re.findall(r"[A-Za-z]{4,}", phrase) if w.lower() not in _STOP]
+        alternatives = [re.escape(phrase)] + [re.escape(w.removesuffix("s")) for w in words]
+        patterns.append(re.compile(r"\b(" + "|".join(alternatives) + r")\w*", re.IGNORECASE))
+    return patterns
+
+
+def highlight_spans(text: str, findings: list[str]) -> list[tuple[int, int]]:
+    """Non-overlapping (start, end) spans of `text` that mention one of the findings."""
+    spans: list[tuple[int, int]] = []
+    for pattern in finding_patterns(findings):
+        spans.extend(m.span() for m in pattern.finditer(text))
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def excerpt(text: str, findings: list[str], limit: int = EXCERPT_CHARS) -> str:
+    """The part of a report worth reading in a list: sentences that mention shared findings first."""
+    text = " ".join((text or "").split())
+    if len(text) <= limit:
+        return text
+    sentences = re.split(r"(?<=[.;])\s+", text)
+    patterns = finding_patterns(findings)
+    chosen = [s for s in sentences if any(p.search(s) for p in patterns)]
+    rest = [s for s in sentences if s not in chosen]
+    out = ""
+    for sentence in chosen + rest:
+        if len(out) + len(sentence) + 1 > limit:
+            break
+        out = f"{out} {sentence}".strip()
+    if not out:
+        out = text[: limit - 1].rsplit(" ", 1)[0]
+    return out + " …"
+
+
+def highlighted_html(text: str, findings: list[str], fg: str, bg: str) -> str:
+    """HTML-escaped text with every mention of a shared finding wrapped in a coloured span."""
+    parts: list[str] = []
+    pos = 0
+    for start, end in highlight_spans(text, findings):
+        parts.append(html.escape(text[pos:start]))
+        parts.append(f'<span style="background-color:{bg}; color:{fg};">'
+                     f"{html.escape(text[start:end])}</span>")
+        pos = end
+    parts.append(html.escape(text[pos:]))
+    return "".join(parts)
+
+
+def short_date(value: Any) -> str:
+    return str(value)[:10] if value else ""
+
+
+def similarity_text(similarity: float) -> str:
+    return f"{similarity * 100:.0f}%"

@@ -1,0 +1,293 @@
+"""Search tab: query (image or report) on the left, filters and ranked results on the right."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QSplitter, QVBoxLayout, QWidget
+
+from medhash_app.ui.case_view import CaseDialog
+from medhash_app.ui.dropping import FILE_DIALOG_FILTER, query_candidates
+from medhash_app.ui.export import export_csv, export_summary
+from medhash_app.ui.filter_bar import FilterBar, FilterOptions, read_filter_options
+from medhash_app.ui.messages import MessageBar
+from medhash_app.ui.query_panel import QueryPanel
+from medhash_app.ui.results_model import ResultsModel
+from medhash_app.ui.results_view import ResultsView
+from medhash_app.ui.session_state import SessionState
+from medhash_app.ui.settings import AppSettings
+from medhash_app.ui.themes import set_role
+from medhash_app.ui.thumbnails import ThumbnailLoader
+from medhash_app.ui.workers import JobHandle, JobRunner
+
+if TYPE_CHECKING:
+    from medhash_app.core.search.types import Hit, SearchQuery, SearchResult
+
+
+class SearchTab(QWidget):
+    """Runs one search at a time: a new request cancels the one in flight (its result is dropped)."""
+
+    searchFinished = Signal(object, float)  # SearchResult, wall milliseconds request -> shown
+    searchFailed = Signal(object)
+    statusMessage = Signal(str)
+
+    def __init__(self, state: SessionState, runner: JobRunner, settings: AppSettings,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.runner = runner
+        self.settings = settings
+        self.result: SearchResult | None = None
+        self._job: JobHandle | None = None
+        self._started = 0.0
+        self.case_dialog: CaseDialog | None = None
+
+        self.query = QueryPanel(runner, self)
+        self.filters = FilterBar(self)
+        self.loader = ThumbnailLoader(self._read_thumb, self)
+        self.model = ResultsModel(self.loader, self)
+        self.results = ResultsView(self.model, self)
+        self.message = MessageBar(self)
+        self.summary = QLabel("Open a library, then drop an image or type a report.", self)
+        set_role(self.summary, "muted")
+        self.summary.setAccessibleName("Search summary")
+        self.csv_button = QPushButton("Export CSV…", self)
+        self.csv_button.setAccessibleName("Export results as CSV")
+        self.csv_button.setToolTip("Save the ranked list as a CSV file (Ctrl+E)")
+        self.pdf_button = QPushButton("Export summary…", self)
+        self.pdf_button.setAccessibleName("Export summary")
+        self.pdf_button.setToolTip("Save a one-page summary as PDF or PNG (Ctrl+P)")
+        self.csv_button.clicked.connect(self.choose_csv)
+        self.pdf_button.clicked.connect(self.choose_summary)
+        self._layout()
+        self._connect()
+        self.filters.set_target(settings.search_target())
+        self.filters.k.setValue(settings.page_size())
+        self.set_view_mode(settings.results_view())
+        self._update_enabled()
+
+    def _layout(self) -> None:
+        right = QWidget(self)
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.setSpacing(6)
+        right_layout.addWidget(self.filters)
+        line = QHBoxLayout()
+        line.addWidget(self.summary, 1)
+        line.addWidget(self.csv_button)
+        line.addWidget(self.pdf_button)
+        right_layout.addLayout(line)
+        right_layout.addWidget(self.results, 1)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal, self)
+        self.splitter.addWidget(self.query)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setSizes([520, 780])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 8, 8, 8)
+        layout.addWidget(self.message)
+        layout.addWidget(self.splitter, 1)
+
+    def _connect(self) -> None:
+        self.query.searchRequested.connect(self.search)
+        self.query.problem.connect(self.message.show_error)
+        self.filters.changed.connect(self._on_filters_changed)
+        self.filters.viewModeChanged.connect(self.set_view_mode)
+        self.results.hitActivated.connect(self.open_case)
+        self.state.changed.connect(self._on_session_changed)  # Ctrl+Enter lives on the window's action
+
+    # -- query input --------------------------------------------------------------------------
+    def open_paths(self, paths: list[Path]) -> JobHandle | None:
+        """Files or folders dropped or chosen: list the candidate files (off-thread when a folder
+        must be walked) and make the first one the query."""
+        if paths and all(p.is_file() for p in paths):
+            self._on_candidates(list(paths))
+            return None
+        job = self.runner.start("list query files", lambda _p, _c: query_candidates(paths))
+        job.succeeded.connect(self._on_candidates)
+        job.failed.connect(self.message.show_error)
+        return job
+
+    def _on_candidates(self, files: list[Path]) -> None:
+        if not files:
+            self.message.show_message("No image files were found in what was dropped.", "warning")
+            return
+        self.message.hide()
+        self.query.set_files(files)
+
+    def choose_file(self) -> None:
+        name, _ = QFileDialog.getOpenFileName(self, "Open query image", self.settings.last_dir("query"),
+                                              FILE_DIALOG_FILTER)
+        if name:
+            self.settings.set_last_dir("query", Path(name).parent)
+            self.open_paths([Path(name)])
+
+    # -- searching ----------------------------------------------------------------------------
+    def build_query(self) -> SearchQuery | None:
+        from medhash_app.core.search.types import SearchQuery  # lazy: the search package loads torch
+
+        if self.query.mode == "image":
+            if self.query.image_path is None:
+                return None
+            base = SearchQuery(image_path=self.query.image_path)
+        else:
+            if not self.query.text():
+                return None
+            base = SearchQuery(text=self.query.text())
+        base.target = self.filters.target_value()  # type: ignore[assignment]
+        base.k = self.filters.k.value()
+        base.bits = self.filters.bits_value()
+        base.filters = self.filters.filters()
+        return base
+
+    def search(self) -> JobHandle | None:
+        """Start a search with the current query and choices; cancels the one still running."""
+        session = self.state.session
+        if session is None:
+            self.message.show_message("Open or create a library first (Library tab, or Ctrl+L).", "warning")
+            return None
+        query = self.build_query()
+        if query is None:
+            self.message.show_message("Give a query first: drop an image, or type a report and press "
+                                      "Ctrl+Enter.", "info", 5000)
+            return None
+        if self._job is not None:
+            self._job.cancel()
+        self.settings.set_search_target(query.target)
+        self.settings.set_page_size(query.k)
+        self.message.hide()
+        self.summary.setText("Searching…")
+        self._started = time.perf_counter()
+        job = self.runner.start("search", lambda _p, _c: session.search(query))
+        job.succeeded.connect(self._on_result)
+        job.failed.connect(self._on_failed)
+        self._job = job
+        return job
+
+    def _on_result(self, result: SearchResult) -> None:
+        self.result = result
+        self.model.set_result(result)
+        self.query.set_query_findings(result.query_findings)
+        elapsed = (time.perf_counter() - self._started) * 1000
+        what = "reports" if self.filters.target_value() == "reports" else "cases"
+        self.summary.setText(
+            f"{len(result.hits)} {what} · {result.bits}-bit codes · {elapsed:.0f} ms "
+            f"(encode {result.encode_ms:.0f} ms, search {result.search_ms:.0f} ms)"
+            + (" · filtered" if self.filters.is_filtering() else ""))
+        if not result.hits:
+            self.message.show_message("No case matches this query with the current filters.", "info", 6000)
+        self._update_enabled()
+        self.statusMessage.emit(f"Search took {elapsed:.0f} ms on {result.device}")
+        self.searchFinished.emit(result, elapsed)
+
+    def _on_failed(self, exc: BaseException) -> None:
+        self.summary.setText("Search failed.")
+        self.message.show_error(exc)
+        self.searchFailed.emit(exc)
+
+    def _on_filters_changed(self) -> None:
+        self.settings.set_search_bits(self.filters.bits_value())
+        if self.result is not None and self.query.has_query():
+            self.search()
+
+    # -- results ------------------------------------------------------------------------------
+    def set_view_mode(self, mode: str) -> None:
+        self.results.set_mode(mode)
+        self.filters.set_view_mode(mode)
+        self.settings.set_results_view(mode)
+
+    def toggle_view_mode(self) -> None:
+        self.set_view_mode("grid" if self.results.mode == "list" else "list")
+
+    def open_case(self, hit: Hit) -> CaseDialog:
+        if self.case_dialog is None:
+            self.case_dialog = CaseDialog(self.runner, self._case_image_path, self.model.all_hits, self)
+            self.query.imageLoaded.connect(lambda _img: self._refresh_case_query())
+        self._refresh_case_query()
+        self.case_dialog.show_hit(hit)
+        self.case_dialog.show()
+        self.case_dialog.raise_()
+        return self.case_dialog
+
+    def _refresh_case_query(self) -> None:
+        """Show the current query on the case view's left side (again, once its image is decoded)."""
+        if self.case_dialog is None:
+            return
+        qp = self.query
+        caption = qp.image_path.name if qp.mode == "image" and qp.image_path else "Report query"
+        self.case_dialog.view.set_query(qp.image if qp.mode == "image" else None,
+                                        qp.viewer_panel.viewer.presets, qp.text() if qp.mode == "text" else "",
+                                        self.result.query_findings if self.result else [], caption)
+
+    def choose_csv(self) -> None:
+        if self.result is None:
+            return
+        name, _ = QFileDialog.getSaveFileName(self, "Export results", str(Path(self.settings.last_dir("export"))
+                                              / "medhash-results.csv"), "CSV (*.csv)")
+        if name:
+            self.settings.set_last_dir("export", Path(name).parent)
+            self._report_saved(lambda: export_csv(self.result, Path(name)), Path(name))
+
+    def choose_summary(self) -> None:
+        name, _ = QFileDialog.getSaveFileName(self, "Export summary", str(Path(self.settings.last_dir("export"))
+                                              / "medhash-summary.pdf"), "PDF (*.pdf);;PNG image (*.png)")
+        if name:
+            self.settings.set_last_dir("export", Path(name).parent)
+            self._report_saved(lambda: self.export_summary(Path(name)), Path(name))
+
+    def export_summary(self, path: Path) -> Path:
+        return export_summary(self.splitter, path, "MedHash similar-case search")
+
+    def _report_saved(self, action: Any, path: Path) -> None:
+        try:
+            action()
+        except OSError as exc:
+            self.message.show_error(exc)
+            return
+        self.message.show_message(f"Saved {path.name}", "info", 4000)
+
+    # -- library ------------------------------------------------------------------------------
+    def _on_session_changed(self) -> None:
+        self.model.set_result(None)
+        self.result = None
+        session = self.state.session
+        self._update_enabled()
+        if session is None:
+            self.summary.setText("Open a library, then drop an image or type a report.")
+            return
+        info = self.state.info
+        self.summary.setText(f"{info.case_count} cases in the library · model: {info.model_name}")
+        self.filters.set_options(FilterOptions(), info.model_bits)
+        self.filters.set_bits(self.settings.search_bits())
+        job = self.runner.start("filter options", lambda _p, _c: read_filter_options(session.library))
+        job.succeeded.connect(lambda options: self.filters.set_options(options, self.state.info.model_bits))
+
+    def _read_thumb(self, case: dict[str, Any]) -> bytes | None:
+        session = self.state.session
+        rel = case.get("thumb_path")
+        if session is None or not rel:
+            return None
+        return session.library.path_of(rel).read_bytes()
+
+    def _case_image_path(self, case: dict[str, Any]) -> Path | None:
+        source = case.get("source_path")
+        if source and Path(source).is_file():
+            return Path(source)
+        session = self.state.session
+        if session is not None and case.get("input_path"):
+            stored = session.library.path_of(case["input_path"])
+            if stored.is_file():
+                return stored
+        return None
+
+    def _update_enabled(self) -> None:
+        has = self.result is not None and bool(self.result.hits)
+        self.csv_button.setEnabled(has)
+        self.pdf_button.setEnabled(has)
+
+    def shutdown(self) -> None:
+        self.loader.stop()

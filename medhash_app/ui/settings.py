@@ -1,0 +1,99 @@
+"""Typed access to the app's QSettings (organization "MedHash"), so keys live in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSettings
+
+from medhash_app.ui.themes import DEFAULT_THEME, THEMES
+
+ORGANIZATION = "MedHash"
+APPLICATION = "MedHash"
+
+
+class AppSettings:
+    """What the app remembers between runs: geometry, theme, last library and search choices."""
+
+    def __init__(self, settings: QSettings | None = None) -> None:
+        self.qs = settings if settings is not None else QSettings(ORGANIZATION, APPLICATION)
+
+    # -- window -----------------------------------------------------------------------------
+    def geometry(self) -> QByteArray | None:
+        value = self.qs.value("window/geometry")
+        return value if isinstance(value, QByteArray) and not value.isEmpty() else None
+
+    def set_geometry(self, value: QByteArray) -> None:
+        self.qs.setValue("window/geometry", value)
+
+    def window_state(self) -> QByteArray | None:
+        value = self.qs.value("window/state")
+        return value if isinstance(value, QByteArray) and not value.isEmpty() else None
+
+    def set_window_state(self, value: QByteArray) -> None:
+        self.qs.setValue("window/state", value)
+
+    # -- appearance --------------------------------------------------------------------------
+    def theme(self) -> str:
+        value = str(self.qs.value("ui/theme", DEFAULT_THEME))
+        return value if value in THEMES else DEFAULT_THEME
+
+    def set_theme(self, name: str) -> None:
+        self.qs.setValue("ui/theme", name)
+
+    def results_view(self) -> str:
+        value = str(self.qs.value("search/results_view", "list"))
+        return value if value in ("list", "grid") else "list"
+
+    def set_results_view(self, mode: str) -> None:
+        self.qs.setValue("search/results_view", mode)
+
+    # -- library and search ------------------------------------------------------------------
+    def last_library(self) -> Path | None:
+        value = self.qs.value("library/last", "")
+        return Path(str(value)) if value else None
+
+    def set_last_library(self, path: Path | None) -> None:
+        self.qs.setValue("library/last", str(path) if path else "")
+
+    def search_target(self) -> str:
+        value = str(self.qs.value("search/target", "reports"))
+        return value if value in ("reports", "images", "both") else "reports"
+
+    def set_search_target(self, target: str) -> None:
+        self.qs.setValue("search/target", target)
+
+    def search_bits(self) -> int | None:
+        value = self.qs.value("search/bits", 0)
+        try:
+            bits = int(value)
+        except (TypeError, ValueError):
+            return None
+        return bits or None
+
+    def set_search_bits(self, bits: int | None) -> None:
+        self.qs.setValue("search/bits", int(bits or 0))
+
+    def page_size(self) -> int:
+        try:
+            return max(10, min(100_000, int(self.qs.value("search/k", 200))))
+        except (TypeError, ValueError):
+            return 200
+
+    def set_page_size(self, k: int) -> None:
+        self.qs.setValue("search/k", int(k))
+
+    def last_dir(self, kind: str) -> str:
+        return str(self.qs.value(f"dirs/{kind}", str(Path.home())))
+
+    def set_last_dir(self, kind: str, path: Path) -> None:
+        self.qs.setValue(f"dirs/{kind}", str(path))
+
+    def trainer_value(self, key: str, default: object) -> object:
+        return self.qs.value(f"trainer/{key}", default)
+
+    def set_trainer_value(self, key: str, value: object) -> None:
+        self.qs.setValue(f"trainer/{key}", value)
+
+    def sync(self) -> None:
+        self.qs.sync()

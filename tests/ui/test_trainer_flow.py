@@ -1,0 +1,57 @@
+"""Trainer tab: one short epoch in a real `medhash train` process, live curves, then activation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medhash_app.ui.training_process import TrainOptions, parse_event, total_loss, val_map_value
+
+
+def test_cli_arguments_and_event_parsing(tmp_path: Path) -> None:
+    args = TrainOptions(library=tmp_path, method="mcph", bits=[32, 16], epochs=2, backbone="tiny",
+                        components={"quantization": False, "contrastive": True}).to_args()
+    assert args[:3] == ["-m", "medhash_app.cli", "train"]
+    assert args[args.index("--bits") + 1] == "16,32"
+    assert args[args.index("--components") + 1] == "contrastive=on,quantization=off"
+    assert "--no-activate" in args and args[args.index("--progress") + 1] == "jsonl"
+    assert parse_event('{"event": "step", "losses": {"total": 1.5}}')["event"] == "step"
+    assert parse_event("Loading weights…") is None and parse_event('{"no": "event"}') is None
+    assert total_loss({"losses": {"a": 1.0, "b": 2.0}}) == 3.0
+    assert val_map_value({"bits": 32, "i2t": 0.4, "t2i": 0.6}) == pytest.approx(0.5)
+    assert val_map_value({"bits": 32, "i2t": 0.4, "t2i": 0.6, "mean": 0.55}) == 0.55
+
+
+@pytest.mark.shared_data
+def test_train_one_epoch_from_the_tab_then_make_it_active(qtbot, open_library, window, demo_library: Path,
+                                                           tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    shutil.copytree(demo_library, library, ignore=shutil.ignore_patterns("indexes"))
+    open_library(window, library)
+    old_model = window.state.info.model["id"]
+    tab = window.trainer_tab
+    window.tabs.setCurrentWidget(tab)
+    tab.backbone.setCurrentIndex(tab.backbone.findData("tiny"))
+    tab.device.setCurrentIndex(tab.device.findData("cpu"))
+    tab.epochs.setValue(1)
+    for bits, box in tab.bits_boxes.items():
+        box.setChecked(bits == 16)
+    with qtbot.waitSignal(tab.trainingFinished, timeout=300_000) as blocker:
+        assert tab.start_training()
+        assert tab.stop_button.isEnabled() and not tab.start_button.isEnabled()
+    done = blocker.args[0]
+    assert done is not None, tab.log_view.toPlainText()[-2000:]
+    assert done["model_id"] != old_model
+    loss_points, val_points = tab.curve_points()
+    assert loss_points >= 1 and val_points == 1
+    _, maps = tab.map_curve.getData()
+    assert 0.0 < maps[0] <= 1.0
+    assert "mAP@all" in tab.report.toHtml() and "image → report" in tab.report.toPlainText()
+    assert window.state.info.model["id"] == old_model  # not active until the user says so
+    assert tab.activate_button.isEnabled()
+    with qtbot.waitSignal(window.library_tab.encodeFinished, timeout=120_000):
+        tab.activate_button.click()
+    qtbot.waitUntil(lambda: window.state.info.model["id"] == done["model_id"], timeout=20_000)
+    assert "16 bits" in window.model_label.text()
