@@ -66,15 +66,15 @@ def main() -> None:
         enc = EncoderService(outcome.checkpoint, device=device)
         codes[device], ips, tps = _timed_encode(enc, images, texts)
         rows[device] = (ips, tps)
-    lines = [f"# CUDA path check\n\nCommand: `python benchmarks/gpu_path_check.py --backbone {args.backbone} "
-             f"--epochs {args.epochs}`\n",
+    lines = [(f"# CUDA path check\n\nCommand: `python benchmarks/gpu_path_check.py --backbone {args.backbone} "
+             f"--epochs {args.epochs}`\n"),
              f"Machine: {platform.node()} {platform.machine()}, torch {torch.__version__}, "
              f"CUDA available: {torch.cuda.is_available()}"
              + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "")
              + f"; FAISS GPU: {gpu_available()}\n",
-             f"Trained on `{train_device}` ({len(cases)} demo cases, backbone {args.backbone}); "
+             (f"Trained on `{train_device}` ({len(cases)} demo cases, backbone {args.backbone}); "
              f"search ran on `{result.device}` in {result.total_ms:.1f} ms "
-             f"(encode {result.encode_ms:.1f}, search {result.search_ms:.1f}).\n",
+             f"(encode {result.encode_ms:.1f}, search {result.search_ms:.1f}).\n"),
              "| device | images/s | texts/s |", "|---|---:|---:|"]
     lines += [f"| {d} | {ips:.0f} | {tps:.0f} |" for d, (ips, tps) in rows.items()]
     if "cuda" in codes:
@@ -87,7 +87,7 @@ def main() -> None:
                              f"{100 * (a == b).all(axis=1).mean():.1f} % identical codes")
     text = "\n".join(lines) + "\n"
     print(text)
-    print(json.dumps({"nvidia_smi": subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    print(json.dumps({"nvidia_smi": subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
                       if torch.cuda.is_available() else ""}))
     if args.out:
         args.out.write_text(text, encoding="utf-8")

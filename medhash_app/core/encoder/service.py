@@ -66,37 +66,44 @@ class EncoderService:
     def bits(self) -> list[int]:
         return list(self.model_cfg.bits)
 
-    def _finish(self, codes: dict[int, torch.Tensor], emb: torch.Tensor) -> EncodedBatch:
+    def _finish(self, codes: dict[int, torch.Tensor], emb: torch.Tensor | None) -> EncodedBatch:
         packed = {int(b): pack_signs(c.float().cpu().numpy()) for b, c in codes.items()}
-        return EncodedBatch(packed, emb.float().cpu().numpy())
+        n = next(iter(codes.values())).shape[0]
+        return EncodedBatch(packed, emb.float().cpu().numpy() if emb is not None else np.zeros((n, 0), np.float32))
 
     @torch.inference_mode()
-    def encode_pil(self, images: Sequence[Image.Image], meta: Sequence[dict] | None = None) -> EncodedBatch:
-        """Encode model images (the output of `imaging.model_image`) with their own metadata."""
+    def encode_pil(self, images: Sequence[Image.Image], meta: Sequence[dict] | None = None, *,
+                   embeddings: bool = True) -> EncodedBatch:
+        """Encode model images (the output of `imaging.model_image`) with their own metadata.
+
+        `embeddings=False` skips the continuous embedding (a second tower pass), which only
+        re-ranking needs."""
         parts: list[EncodedBatch] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             chunk_meta = list(meta[start:start + self.batch_size]) if meta is not None else None
             x = torch.stack([self.model.backbone.preprocess(im) for im in chunk]).to(self.device)
-            parts.append(self._finish(self.model.encode_image(x, meta=chunk_meta),
-                                      self.model.embed_image(x, meta=chunk_meta)))
+            emb = self.model.embed_image(x, meta=chunk_meta) if embeddings else None
+            parts.append(self._finish(self.model.encode_image(x, meta=chunk_meta), emb))
         return _concat(parts, self.bits)
 
-    def encode_loaded(self, images: Sequence[LoadedImage]) -> EncodedBatch:
+    def encode_loaded(self, images: Sequence[LoadedImage], *, embeddings: bool = True) -> EncodedBatch:
         return self.encode_pil([model_image(im) for im in images],
-                               meta=[image_meta(im.facts.to_dict()) for im in images])
+                               meta=[image_meta(im.facts.to_dict()) for im in images], embeddings=embeddings)
 
-    def encode_files(self, paths: Sequence[str | Path], frame: int | None = None) -> EncodedBatch:
-        return self.encode_loaded([load_image(Path(p), frame=frame) for p in paths])
+    def encode_files(self, paths: Sequence[str | Path], frame: int | None = None, *,
+                     embeddings: bool = True) -> EncodedBatch:
+        return self.encode_loaded([load_image(Path(p), frame=frame) for p in paths], embeddings=embeddings)
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> EncodedBatch:
+    def encode_texts(self, texts: Sequence[str], *, embeddings: bool = True) -> EncodedBatch:
         parts: list[EncodedBatch] = []
         cleaned = [clean_report(t, f"report {i + 1}") for i, t in enumerate(texts)]
         for start in range(0, len(cleaned), self.batch_size):
             tokens = self.model.backbone.tokenize(cleaned[start:start + self.batch_size])
             tokens = _to_device(tokens, self.device)
-            parts.append(self._finish(self.model.encode_text(tokens), self.model.embed_text(tokens)))
+            emb = self.model.embed_text(tokens) if embeddings else None
+            parts.append(self._finish(self.model.encode_text(tokens), emb))
         return _concat(parts, self.bits)
 
 

@@ -111,8 +111,9 @@ class SearchService:
         if (query.image_path is None) == (query.text is None):
             raise MedHashError("query", "give either an image file or a report text")
         if query.image_path is not None:
-            return "image", encoder.encode_files([query.image_path], frame=query.frame), []
-        encoded = encoder.encode_texts([query.text or ""])
+            return "image", encoder.encode_files([query.image_path], frame=query.frame,
+                                                 embeddings=query.rerank), []
+        encoded = encoder.encode_texts([query.text or ""], embeddings=query.rerank)
         domain = "fundus" if _looks_fundus(query.text or "") else "chest"
         return "text", encoded, labels_from_report(query.text or "", domain)
 
