@@ -16,6 +16,7 @@ CLIP-style loss), without a second collective in the backward pass.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -202,5 +203,7 @@ def wrap_for_training(module: torch.nn.Module, info: DistInfo, device: torch.dev
     if not info.active:
         return module
     ids: Sequence[int] | None = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True,
-                                                     broadcast_buffers=False)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                      else {"broadcast_buffers": False})  # the name changed in torch 2.14
+    return ddp(module, device_ids=ids, find_unused_parameters=True, **no_buffer_sync)
