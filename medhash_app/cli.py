@@ -13,7 +13,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before FAISS/torch start 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -104,6 +103,8 @@ def train_cmd(library: LibraryOpt,
               components: Annotated[str | None, typer.Option(help="Switches, e.g. 'vpl=off,tpl=on'.")] = None,
               split_sizes: Annotated[str | None, typer.Option(
                   help="Split sizes, e.g. 'query=350,train=2275' (default: 10 % query, 10 % val).")] = None,
+              feature_cache: Annotated[bool, typer.Option(
+                  help="Cache the frozen layers' outputs (fast epochs, no augmentation).")] = True,
               device: DeviceOpt = "auto",
               progress: Annotated[str, typer.Option(help="bar, jsonl or none.")] = "bar",
               activate: Annotated[bool, typer.Option(help="Make the new model active and encode.")] = True,
@@ -116,7 +117,7 @@ def train_cmd(library: LibraryOpt,
                                backbone=backbone, weights_path=weights, batch_size=batch_size, lr=lr,
                                noise_rate=noise_rate, noise_handling=noise_handling,
                                components=_switches(components), device=device, activate=activate,
-                               split_sizes=_sizes(split_sizes))
+                               split_sizes=_sizes(split_sizes), feature_cache=feature_cache)
         with _session(library, device=device) as session, cancellable() as cancel:
             outcome = _run_training(session, request, progress, as_json, cancel)
     except JobCancelled as exc:
@@ -128,6 +129,8 @@ def train_cmd(library: LibraryOpt,
         if progress == "jsonl":
             emit_jsonl({"event": "error", "item": exc.item, "reason": exc.reason})
         fail(exc, as_json)
+    if outcome is None:  # a torchrun worker other than rank 0: the main process reports
+        return
     if as_json:
         emit_json(outcome.to_dict())
     elif progress != "jsonl":
@@ -140,12 +143,17 @@ def _run_training(session, request, progress: str, as_json: bool, cancel):
     if progress == "jsonl":
         return train_on_library(session, request, progress=emit_jsonl, cancel=cancel)
     with progress_bar("Train", progress == "bar" and not as_json) as update:
+        epochs = {"n": request.epochs}
+
         def on_event(event: dict) -> None:
-            if event.get("event") in ("step", "epoch"):
-                note = f"epoch {event.get('epoch')} loss {event.get('losses', {}).get('total', 0):.4f}"
+            if event.get("event") == "start":
+                epochs["n"] = event.get("epochs", epochs["n"])
+            if event.get("event") in ("step", "epoch") and event.get("steps"):
+                done = (event["epoch"] - 1) * event["steps"] + event.get("step", 0)
+                note = f"epoch {event['epoch']} loss {event.get('losses', {}).get('total', 0):.4f}"
                 if event.get("val_map"):
-                    note += f" val mAP {json.dumps(event['val_map'])}"
-                update(event.get("global_step", 0), event.get("total_steps"), note)
+                    note += f" val mAP {event['val_map'].get('mean', 0):.3f}"
+                update(done, epochs["n"] * event["steps"], note)
         return train_on_library(session, request, progress=on_event, cancel=cancel)
 
 
@@ -345,6 +353,11 @@ def demo_cmd(library: Annotated[Path | None, typer.Option("--library", "-l",
         from medhash_app.ui.app import run_app
 
         raise typer.Exit(run_app(Path(outcome["library"]), []))
+
+
+from medhash_app.cli_research import register as register_research
+
+register_research(app)
 
 
 def _has_display() -> bool:

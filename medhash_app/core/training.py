@@ -8,6 +8,7 @@ computed from the very codes that search uses.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class TrainRequest:
     device: str = "auto"
     activate: bool = True
     split_sizes: dict[str, int] | None = None
+    feature_cache: bool = True  # frozen-stem cache (no augmentation); off brings augmentation back
 
 
 @dataclass
@@ -82,7 +84,8 @@ def _configs(req: TrainRequest, label_names: list[str]) -> tuple[ModelConfig, Tr
                             weights_path=str(req.weights_path) if req.weights_path else None, bits=req.bits,
                             components=req.components, label_names=label_names, options=req.options)
     train_kw: dict[str, Any] = {"epochs": req.epochs, "seed": req.seed, "device": req.device,
-                                "noise_rate": req.noise_rate, "noise_handling": req.noise_handling}
+                                "noise_rate": req.noise_rate, "noise_handling": req.noise_handling,
+                                "feature_cache": req.feature_cache}
     explicit = {name: value for name, value in (("lr", req.lr), ("batch_size", req.batch_size))
                 if value is not None}
     train_cfg = TrainConfig(**train_kw, **explicit)
@@ -97,8 +100,12 @@ def _out_dir(session: Any, req: TrainRequest) -> Path:
 
 
 def train_on_library(session: Any, req: TrainRequest, *, progress: Callable[[dict], None] | None = None,
-                     cancel: threading.Event | None = None) -> TrainOutcome:
-    """The whole training job; `progress` receives the engine's events plus encode/eval events."""
+                     cancel: threading.Event | None = None) -> TrainOutcome | None:
+    """The whole training job; `progress` receives the engine's events plus encode/eval events.
+
+    Under torchrun every process trains; only the main one (rank 0) registers, encodes and
+    evaluates, the others return None.
+    """
     samples = library_samples(session.library)
     if len(samples) < 20:
         raise DataError(str(session.library.folder), f"only {len(samples)} cases have an image, a report and "
@@ -108,8 +115,11 @@ def train_on_library(session: Any, req: TrainRequest, *, progress: Callable[[dic
     model_cfg, train_cfg = _configs(req, label_names)
     out_dir = _out_dir(session, req)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_splits(splits, out_dir / SPLITS_FILE)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_splits(splits, out_dir / SPLITS_FILE)
     result = fit(model_cfg, train_cfg, splits, out_dir, progress=progress, cancel=cancel)
+    if not result.main_process:
+        return None
     if result.cancelled or result.checkpoint_dir is None:
         raise JobCancelled(out_dir, f"training stopped after {result.epochs_run} epoch(s); nothing was "
                            f"registered. Run again with --out {out_dir} to resume")

@@ -58,12 +58,15 @@ class BaseHashing(HashingModel):
     def encode_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> dict[int, Tensor]:
         return self.text_hash(self.text_features(tokens, stem=stem))
 
+    # Embeddings for re-ranking and the data audit: the continuous (pre-sign) code of the longest
+    # length. The projections themselves are not aligned across modalities by any BASE loss; the
+    # codes are (contrastive + similarity terms), so their cosine compares an image with a report.
     def embed_image(self, images: Tensor, meta: Sequence[dict[str, Any] | None] | None = None, *,
                     stem: Tensor | None = None) -> Tensor:
-        return F.normalize(self.image_features(images, stem=stem), dim=-1)
+        return F.normalize(self.encode_image(images, meta, stem=stem)[max(self.bits)], dim=-1)
 
     def embed_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> Tensor:
-        return F.normalize(self.text_features(tokens, stem=stem), dim=-1)
+        return F.normalize(self.encode_text(tokens, stem=stem)[max(self.bits)], dim=-1)
 
     # ---- training ------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch, train_cfg: TrainConfig, *, epoch: int) -> dict[str, Tensor]:
