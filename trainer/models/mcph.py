@@ -34,7 +34,6 @@ from torch import Tensor, nn
 from trainer import distributed, losses
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data.captions import BuiltinCaptioner, captions_from_meta
-from trainer.data.dataset import make_loader
 from trainer.data.long_text import (
     chunk_tokens,
     gather_chunk_tokens,
@@ -466,17 +465,8 @@ def mcph_correspondence_scores(model: MCPH, samples: Sequence[Sample], *, captio
     best other match (`relative_match_scores`). For the data audit: the lowest scores are the
     pairs to check first.
     """
+    from trainer.audit import embed_pairs  # the shared embedding pass (imported late: audit uses the engine)
+
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    loader = make_loader(samples, model.backbone.eval_transform, model.backbone.tokenizer, [],
-                         batch_size=batch_size, captions=captions)
-    images, texts = [], []
-    try:
-        for batch in loader:
-            batch = batch.to(device)
-            images.append(model.embed_image(batch.images, meta=batch.extras.get("meta")).cpu())
-            texts.append(model.embed_text(batch.tokens).cpu())
-    finally:
-        model.train(was_training)
-    return relative_match_scores(torch.cat(images), torch.cat(texts))
+    images, texts = embed_pairs(model, samples, batch_size=batch_size, device=device, captions=captions)
+    return relative_match_scores(torch.from_numpy(images), torch.from_numpy(texts))
