@@ -181,6 +181,19 @@ def main() -> int:
         trainer_tab.start_training()
         wait_until(app, lambda: done, 1200, "the training run")
     shot("trainer")
+
+    # Data audit: the most suspicious pairs, the second one open beside its report.
+    audit = window.audit_tab
+    window.tabs.setCurrentWidget(audit)
+    audited: list[object] = []
+    audit.auditFinished.connect(audited.append)
+    audit.run()
+    wait_until(app, lambda: audited or audit.message.isVisible(), 300, "the data audit")
+    if audit.table.rowCount() > 1:
+        audit.table.selectRow(1)
+    wait_until(app, lambda: audit.pane.viewer_panel.viewer.has_image() or not audit.table.rowCount(), 60,
+               "the audited case image")
+    shot("audit")
     window.shutdown()
     return 0
 

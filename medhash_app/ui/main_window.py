@@ -1,4 +1,4 @@
-"""Main window: Search, Library and Trainer tabs, menus with shortcuts, drops, status bar."""
+"""Main window: Search, Library, Trainer and Data audit tabs, menus with shortcuts, drops, status bar."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QMessageBox, QTabWidget, QWidget
 
+from medhash_app.ui.audit_view import AuditView
 from medhash_app.ui.dropping import local_paths
 from medhash_app.ui.library_tab import LibraryTab
 from medhash_app.ui.messages import describe
@@ -34,12 +35,14 @@ class MainWindow(QMainWindow):
         self.search_tab = SearchTab(self.state, self.runner, self.settings, self)
         self.library_tab = LibraryTab(self.state, self.runner, self.settings, self)
         self.trainer_tab = TrainerTab(self.state, self.runner, self.settings, self)
+        self.audit_tab = AuditView(self.state, self.runner, self)
         self.tabs = QTabWidget(self)
         self.tabs.setAccessibleName("Main tabs")
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.search_tab, "Search")
         self.tabs.addTab(self.library_tab, "Library")
         self.tabs.addTab(self.trainer_tab, "Trainer")
+        self.tabs.addTab(self.audit_tab, "Data audit")
         self.setCentralWidget(self.tabs)
         self._build_status_bar()
         self._build_menus()
@@ -104,7 +107,7 @@ class MainWindow(QMainWindow):
         search_menu.addAction(self._action("&Reset window/level", "Ctrl+Shift+R", viewer.reset_window))
 
         view_menu = self.menuBar().addMenu("&View")
-        for i, title in enumerate(("&Search", "&Library", "&Trainer")):
+        for i, title in enumerate(("&Search", "&Library", "&Trainer", "&Data audit")):
             view_menu.addAction(self._action(f"{title} tab", f"Ctrl+{i + 1}",
                                              lambda _=False, i=i: self.tabs.setCurrentIndex(i)))
         view_menu.addSeparator()
