@@ -94,8 +94,6 @@ def main() -> int:
     library = work / "library"
     shutil.copytree(args.library, library, ignore=shutil.ignore_patterns("indexes", "demo-source"))
 
-    from PySide6.QtCore import QSettings
-
     from medhash_app.ui.app import ExceptionHook, make_application
     from medhash_app.ui.main_window import MainWindow
     from medhash_app.ui.settings import AppSettings
@@ -103,7 +101,7 @@ def main() -> int:
 
     app = make_application([sys.argv[0]])
     ExceptionHook().install()
-    settings = AppSettings(QSettings(str(work / "settings.ini"), QSettings.Format.IniFormat))
+    settings = AppSettings.from_ini(work / "settings.ini")
     apply_theme(app, args.theme)
     window = MainWindow(settings, device="cpu")
     window.resize(width, height)

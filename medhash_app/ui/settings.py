@@ -18,6 +18,11 @@ class AppSettings:
     def __init__(self, settings: QSettings | None = None) -> None:
         self.qs = settings if settings is not None else QSettings(ORGANIZATION, APPLICATION)
 
+    @classmethod
+    def from_ini(cls, path: str | Path) -> AppSettings:
+        """Settings kept in one INI file (tests and the screenshot script: never the user's)."""
+        return cls(QSettings(str(path), QSettings.Format.IniFormat))
+
     # -- window -----------------------------------------------------------------------------
     def geometry(self) -> QByteArray | None:
         value = self.qs.value("window/geometry")
