@@ -156,3 +156,17 @@ def test_broken_checkpoints_give_clear_model_errors(tiny_library: Path, tmp_path
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ModelError, match="damaged or truncated"):
         EncoderService(broken, device="cpu")
+
+
+def test_a_copied_library_uses_its_own_model(tiny_library: Path, tmp_path: Path) -> None:
+    """Checkpoints inside the library are stored relative to it: a copy searches with its own copy."""
+    import shutil
+
+    copy = tmp_path / "moved-library"
+    shutil.copytree(tiny_library, copy)
+    query = SearchQuery(text="Heart size is enlarged.", k=5)
+    with MedHashSession(tiny_library, device="cpu") as original:
+        expected = [(h.distance, h.case["id"]) for h in original.search(query).hits]
+    with MedHashSession(copy, device="cpu") as moved:
+        assert Path(moved.active_model()["checkpoint_path"]).is_relative_to(copy)
+        assert [(h.distance, h.case["id"]) for h in moved.search(query).hits] == expected

@@ -12,11 +12,22 @@ from medhash_app.core.library.base import LibraryBase
 from medhash_app.core.library.cases import now_iso
 
 
-def _decode_model(row: dict[str, Any]) -> dict[str, Any]:
+def _decode_model(row: dict[str, Any], folder: Path) -> dict[str, Any]:
     for key in ("bits", "metrics", "config"):
         row[key] = json.loads(row[key])
     row["active"] = bool(row["active"])
+    row["checkpoint_path"] = str(folder / row["checkpoint_path"])  # stored relative when inside
     return row
+
+
+def _stored_path(checkpoint_path: str | Path, folder: Path) -> str:
+    """Checkpoints inside the library are stored relative to it, so a moved or copied library
+    keeps finding its models; checkpoints elsewhere keep their absolute path."""
+    path = Path(checkpoint_path).resolve()
+    try:
+        return str(path.relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
 
 
 class ModelStore(LibraryBase):
@@ -26,7 +37,7 @@ class ModelStore(LibraryBase):
                        *, metrics: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
                        activate: bool = False) -> int:
         """Record a checkpoint; returns its model id. `activate` makes it the active model."""
-        values = [name, method, json.dumps([int(b) for b in bits]), str(checkpoint_path), now_iso(),
+        values = [name, method, json.dumps([int(b) for b in bits]), _stored_path(checkpoint_path, self.folder), now_iso(),
                   json.dumps(metrics or {}, default=str), json.dumps(config or {}, default=str)]
         with self.transaction() as db:
             cursor = db.conn.execute(
@@ -53,12 +64,12 @@ class ModelStore(LibraryBase):
 
     def active_model(self) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM models WHERE active = 1")
-        return _decode_model(rows[0]) if rows else None
+        return _decode_model(rows[0], self.folder) if rows else None
 
     def get_model(self, model_id: int) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM models WHERE id = ?", [model_id])
-        return _decode_model(rows[0]) if rows else None
+        return _decode_model(rows[0], self.folder) if rows else None
 
     def list_models(self) -> list[dict[str, Any]]:
         """All registered models, oldest first."""
-        return [_decode_model(row) for row in self._rows("SELECT * FROM models ORDER BY id")]
+        return [_decode_model(row, self.folder) for row in self._rows("SELECT * FROM models ORDER BY id")]
