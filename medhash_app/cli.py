@@ -25,6 +25,7 @@ from medhash_app.cli_support import (
     emit_json,
     emit_jsonl,
     fail,
+    parse_sizes,
     progress_bar,
 )
 from medhash_app.core.errors import JobCancelled, MedHashError
@@ -117,7 +118,7 @@ def train_cmd(library: LibraryOpt,
                                backbone=backbone, weights_path=weights, batch_size=batch_size, lr=lr,
                                noise_rate=noise_rate, noise_handling=noise_handling,
                                components=_switches(components), device=device, activate=activate,
-                               split_sizes=_sizes(split_sizes), feature_cache=feature_cache)
+                               split_sizes=parse_sizes(split_sizes), feature_cache=feature_cache)
         with _session(library, device=device) as session, cancellable() as cancel:
             outcome = _run_training(session, request, progress, as_json, cancel)
     except JobCancelled as exc:
@@ -155,15 +156,6 @@ def _run_training(session, request, progress: str, as_json: bool, cancel):
                     note += f" val mAP {event['val_map'].get('mean', 0):.3f}"
                 update(done, epochs["n"] * event["steps"], note)
         return train_on_library(session, request, progress=on_event, cancel=cancel)
-
-
-def _sizes(text: str | None) -> dict[str, int] | None:
-    if not text:
-        return None
-    try:
-        return {name.strip(): int(value) for name, _, value in (p.partition("=") for p in text.split(","))}
-    except ValueError:
-        raise MedHashError("--split-sizes", f"expected name=count pairs like query=350,train=2275, got {text!r}") from None
 
 
 def _switches(text: str | None) -> dict[str, bool]:

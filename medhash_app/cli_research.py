@@ -11,7 +11,15 @@ from typing import Annotated
 
 import typer
 
-from medhash_app.cli_support import cancellable, console, emit_json, emit_jsonl, fail, progress_bar
+from medhash_app.cli_support import (
+    cancellable,
+    console,
+    emit_json,
+    emit_jsonl,
+    fail,
+    parse_sizes,
+    progress_bar,
+)
 from medhash_app.core.errors import MedHashError
 
 LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")]
@@ -87,7 +95,7 @@ def experiment_cmd(ctx: typer.Context, library: LibraryOpt,
                         noise_rates=parse_list(noise, float, "--noise"), seeds=parse_list(seeds, int, "--seeds"),
                         epochs=epochs, backbone=backbone, weights_path=str(weights) if weights else None,
                         batch_size=batch_size, lr=lr, device=device, num_workers=workers,
-                        split_sizes=_sizes(split_sizes))
+                        split_sizes=parse_sizes(split_sizes))
         command = command_line(ctx)
         with Library.open(library, read_only=True) as lib, cancellable() as cancel:
             outcome = _run_grid(lambda on_event: run_experiment(lib, spec, out, progress=on_event, cancel=cancel,
@@ -130,15 +138,6 @@ def _run_grid(job, progress: str, as_json: bool):
             elif event.get("event") == "epoch":
                 update(state["done"], state["total"], f"{state['run']} epoch {event.get('epoch')}/{event.get('epochs')}")
         return job(on_event)
-
-
-def _sizes(text: str | None) -> dict[str, int] | None:
-    if not text:
-        return None
-    try:
-        return {name.strip(): int(value) for name, _, value in (p.partition("=") for p in text.split(","))}
-    except ValueError:
-        raise MedHashError("--split-sizes", f"expected name=count pairs like query=350,train=2275, got {text!r}") from None
 
 
 def register(app: typer.Typer) -> None:

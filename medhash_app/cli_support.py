@@ -97,3 +97,14 @@ class Stopwatch:
     @property
     def ms(self) -> float:
         return (time.perf_counter() - self.start) * 1000.0
+
+
+def parse_sizes(text: str | None) -> dict[str, int] | None:
+    """`--split-sizes query=350,train=2275` -> {"query": 350, "train": 2275} (None when not given)."""
+    if not text:
+        return None
+    try:
+        return {name.strip(): int(value) for name, _, value in (p.partition("=") for p in text.split(","))}
+    except ValueError:
+        raise MedHashError("--split-sizes", f"expected name=count pairs like query=350,train=2275, "
+                           f"got {text!r}") from None

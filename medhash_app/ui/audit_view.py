@@ -41,25 +41,13 @@ def run_audit(library: Any, top: int) -> Any:
     return audit_library(library, top=top)
 
 
-def case_image_path(library: Any, case: dict[str, Any]) -> Path | None:
-    """The original file when it is still there, else the copy the library stored on import."""
-    source = case.get("source_path")
-    if source and Path(source).is_file():
-        return Path(source)
-    if case.get("input_path"):
-        stored = Path(library.path_of(case["input_path"]))
-        if stored.is_file():
-            return stored
-    return None
-
-
 def load_case(library: Any, case_id: str) -> tuple[dict[str, Any] | None, Any]:
     """(case row, (image, presets, facts) or the exception that stopped the image) — worker thread,
     so a broken image still leaves the report readable."""
     case = library.get_case(case_id)
     if case is None:
         return None, None
-    path = case_image_path(library, case)
+    path = library.image_file(case)
     if path is None:
         return case, None
     try:

@@ -274,15 +274,8 @@ class SearchTab(QWidget):
         return session.library.path_of(rel).read_bytes()
 
     def _case_image_path(self, case: dict[str, Any]) -> Path | None:
-        source = case.get("source_path")
-        if source and Path(source).is_file():
-            return Path(source)
         session = self.state.session
-        if session is not None and case.get("input_path"):
-            stored = session.library.path_of(case["input_path"])
-            if stored.is_file():
-                return stored
-        return None
+        return session.library.image_file(case) if session is not None else None
 
     def _update_enabled(self) -> None:
         has = self.result is not None and bool(self.result.hits)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from medhash_app.core.library.base import CHUNK, LibraryBase
@@ -158,6 +159,17 @@ class CaseStore(LibraryBase):
                 chunk)]
         return {r["id"] for r in rows
                 if not (file_ok(self.folder, r["input_path"]) and file_ok(self.folder, r["thumb_path"]))}
+
+    def image_file(self, case: dict[str, Any]) -> Path | None:
+        """The case's original file when it is still there, else the model image stored on import."""
+        source = case.get("source_path")
+        if source and Path(source).is_file():
+            return Path(source)
+        if case.get("input_path"):
+            stored = self.path_of(case["input_path"])
+            if stored.is_file():
+                return stored
+        return None
 
     def log_ingest(self, entries: Sequence[dict[str, Any]]) -> None:
         self.write_batch([], entries)
