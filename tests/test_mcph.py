@@ -278,3 +278,45 @@ def test_captioner_gets_its_own_learning_rate(batch) -> None:
     assert [len(g["params"]) for g in optimizer_groups(no_captioner, TrainConfig())] == [
         sum(p.ndim >= 2 for p in no_captioner.trainable_parameters()),
         sum(p.ndim < 2 for p in no_captioner.trainable_parameters())]
+
+
+# ---- frozen-stem cache -------------------------------------------------------------------------------
+@pytest.mark.parametrize("top_blocks", [1, 2])
+def test_cached_stems_give_the_same_codes_and_losses(samples, tmp_path, top_blocks: int) -> None:
+    """MCPH starts from cached stems (tiny CNN: prompts in the TokenTower; text prompts at or above
+    the split) and gets the codes and loss terms of the full forward."""
+    from trainer.engine import encode_dataset
+    from trainer.feature_cache import IMAGE, TEXT, FeatureCache
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**{**_cfg().to_dict(), "trainable_top_blocks": top_blocks})).eval()
+    assert model.cached_stem_modalities() == {IMAGE, TEXT}
+    cache = FeatureCache.for_model(model, tmp_path / "cache")
+    cache.prepare(samples, device=torch.device("cpu"), batch_size=5)
+    cached_img, cached_txt = encode_dataset(model, samples, batch_size=5, cache=cache)
+    plain_img, plain_txt = encode_dataset(model, samples, batch_size=5)
+    for b in (16, 32):
+        assert (cached_img[b] - plain_img[b]).__abs__().max() < 2e-3
+        assert (cached_txt[b] - plain_txt[b]).__abs__().max() < 2e-3
+    assert abs(plain_img[32]).mean() > 2e-2  # codes are not ~0, so the comparison means something
+
+    tok = model.backbone.tokenizer
+    cached = next(iter(cache.loader(samples, tok, list(SHAPES), batch_size=12)))
+    plain = next(iter(make_loader(samples, model.backbone.eval_transform, tok, list(SHAPES), batch_size=12)))
+    terms = {}
+    for name, b in (("cached", cached), ("plain", plain)):
+        torch.manual_seed(5)  # the same caption-dropout draws
+        with torch.no_grad():
+            terms[name] = {k: float(v) for k, v in model.loss_terms(b, TrainConfig(), epoch=1).items()}
+    assert terms["cached"].keys() == terms["plain"].keys() and "nrcl" in terms["plain"]
+    for k, v in terms["plain"].items():
+        assert terms["cached"][k] == pytest.approx(v, rel=1e-2, abs=1e-3), k
+
+
+def test_no_text_cache_when_prompts_enter_inside_the_frozen_stem() -> None:
+    torch.manual_seed(0)
+    frozen = build_model(ModelConfig(**{**_cfg().to_dict(), "trainable_top_blocks": 0}))
+    assert frozen.t_start < frozen.backbone._text_split  # TPL prompts layer 2 of 2, both frozen
+    assert frozen.cached_stem_modalities() == {"image"}
+    no_tpl = build_model(ModelConfig(**{**_cfg(components={"tpl": False}).to_dict(), "trainable_top_blocks": 0}))
+    assert no_tpl.cached_stem_modalities() == {"image", "text"}

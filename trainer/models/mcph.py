@@ -22,7 +22,8 @@ Components "vpl", "tpl", "nrcl", "lta" default to on; all four off is exactly BA
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -45,6 +46,7 @@ from trainer.data.manifest import Sample
 from trainer.errors import MedHashError, TrainingError
 from trainer.models.backbones import Backbone
 from trainer.models.base import BaseHashing
+from trainer.models.hashing import TextStem
 from trainer.models.heads import Projection
 from trainer.models.mcph_parts import (
     Bottleneck,
@@ -118,6 +120,9 @@ class MCPH(BaseHashing):
     """BASE + caption-conditioned prompts (VPL/TPL), NRCL, local aggregation and code fusion."""
 
     noise_handlings: ClassVar[tuple[str, ...]] = ("none", "adaptive_temperature")
+    # Cached stems where the prompts enter at or above the stem (rules in trainer/models/hashing.py);
+    # `cached_stem_modalities` narrows this per instance.
+    stem_cache: ClassVar[frozenset[str]] = frozenset({"image", "text"})
     # Paper settings (supplementary C) the training service applies when the user gives none.
     default_train_overrides: ClassVar[dict[str, Any]] = {"lr": 5e-5, "weight_decay": 0.01, "batch_size": 32}
 
@@ -150,6 +155,22 @@ class MCPH(BaseHashing):
             self.captioner = BuiltinCaptioner(backbone.image_token_dim, cfg.label_names,
                                               self.opts["captioner_hidden"], self.opts["captioner_threshold"])
         self.memory = CodeMemory()
+        self._captions_on = True  # False inside `captions_withheld`
+
+    @property
+    def uses_captions(self) -> bool:
+        """True when an image's code depends on its caption (VPL on)."""
+        return self.visual_prompts is not None
+
+    @contextmanager
+    def captions_withheld(self) -> Iterator[None]:
+        """Encode images as if no caption existed (learned null prompts): the "without captions"
+        evaluation, i.e. no captions file and no built-in captioner."""
+        before, self._captions_on = self._captions_on, False
+        try:
+            yield
+        finally:
+            self._captions_on = before
 
     # ---- construction -------------------------------------------------------------------------------
     def _build_vpl(self) -> None:
@@ -193,6 +214,8 @@ class MCPH(BaseHashing):
     # ---- captions -------------------------------------------------------------------------------------
     def _image_captions(self, pooled: Tensor, given: list[str | None]) -> list[str | None]:
         """Each image's caption: the given one, else the built-in captioner's sentence (image only)."""
+        if not self._captions_on:
+            return [None] * len(given)
         missing = [i for i, c in enumerate(given) if c is None]
         if not missing or self.captioner is None:
             return list(given)
@@ -208,12 +231,29 @@ class MCPH(BaseHashing):
         tok = self._caption_tokenizer([c or "" for c in captions])  # captions are short: no long-text handling
         return caption_states(self.backbone, {k: v.to(device) for k, v in tok.items()})
 
+    # ---- frozen-stem cache ----------------------------------------------------------------------------
+    def cached_stem_modalities(self) -> frozenset[str]:  # type: ignore[override]
+        """The stem of a modality can be cached when no prompt enters below the end of the stem:
+        always on CNN towers (prompts go to the TokenTower on top), and on a prompted tower when the
+        first prompted layer is at or above the frozen/trainable split (k = 10 of 12 with the last
+        two layers trainable prompts layer 10, inside the stem: not cacheable)."""
+        bb, kinds = self.backbone, set(type(self).stem_cache)
+        if self.use["vpl"] and self.image_tower is None and self.v_start < bb._image_split:
+            kinds.discard("image")
+        if self.use["tpl"] and self.t_start < bb._text_split:
+            kinds.discard("text")
+        return frozenset(kinds)
+
     # ---- image side -----------------------------------------------------------------------------------
-    def _image_pre(self, images: Tensor) -> Tensor:
-        """Caption-free image tokens: the input of the first prompted layer (all tokens without VPL)."""
+    def _image_pre(self, images: Tensor, stem: Tensor | None = None) -> Tensor:
+        """Caption-free image tokens: the input of the first prompted layer (all tokens without VPL).
+        `stem`: the cached frozen image stem (only given when `cached_stem_modalities` allows it)."""
+        bb = self.backbone
         if self.use["vpl"] and self.image_tower is None:
-            return image_prefix(self.backbone, images, self.v_start)
-        return self.backbone.image_tokens(images)
+            if stem is None:
+                return image_prefix(bb, images, self.v_start)
+            return bb._image_run(self.image_stem_of(images, stem), bb.image_blocks()[bb._image_split:self.v_start], None)
+        return bb.image_top(self.image_stem_of(images, stem))
 
     def _image_side(self, pre: Tensor, caption: CaptionStates | None, present: Tensor | None) -> _Side:
         bb = self.backbone
@@ -232,8 +272,8 @@ class MCPH(BaseHashing):
         e = self.image_proj(g)
         return _Side(e, self._codes(self.image_hash(e), self.image_lta, tokens, mask))
 
-    def _image_forward(self, images: Tensor, meta: Sequence[dict | None] | None) -> _Side:
-        pre = self._image_pre(images)
+    def _image_forward(self, images: Tensor, meta: Sequence[dict | None] | None, stem: Tensor | None = None) -> _Side:
+        pre = self._image_pre(images, stem)
         caption, present = None, None
         if self.visual_prompts is not None:
             captions = self._image_captions(pre.mean(dim=1), captions_from_meta(meta, images.shape[0]))
@@ -243,23 +283,31 @@ class MCPH(BaseHashing):
 
     # ---- text side ------------------------------------------------------------------------------------
     def _text_tower(self, tok: dict[str, Tensor], caption: CaptionStates | None, present: Tensor | None,
-                    n_texts: int, owner: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(tokens, global) of each text or window; `owner[w]` = the report of window w (chunked reports)."""
+                    n_texts: int, owner: Tensor | None = None, stem: TextStem | None = None) -> tuple[Tensor, Tensor]:
+        """(tokens, global) of each text or window; `owner[w]` = the report of window w (chunked reports);
+        `stem`: the cached frozen text stem of unchunked reports."""
         bb = self.backbone
-        if self.textual_prompts is None:
-            tokens = bb.text_tokens(tok)
-        else:
+        prompts = None
+        if self.textual_prompts is not None:
             prompts = self.textual_prompts(caption, present, n_texts)
             if owner is not None:
                 prompts = [p[owner] for p in prompts]
-            tokens = text_prompted(bb, tok, self.t_start, prompts)
+        if stem is None:
+            tokens = bb.text_tokens(tok) if prompts is None else text_prompted(bb, tok, self.t_start, prompts)
+        else:
+            hidden, mask = self.text_stem_of(tok, stem)
+            blocks = bb.text_blocks()
+            start = bb._text_split if prompts is None else self.t_start
+            hidden = bb._text_run(hidden, mask, blocks[bb._text_split:start], None)
+            tokens = bb._text_finish(bb._text_run(hidden, mask, blocks[start:], prompts), mask)
         return tokens, bb.text_pool(tokens, tok)
 
-    def _text_side(self, tok: dict[str, Tensor], caption: CaptionStates | None, present: Tensor | None) -> _Side:
+    def _text_side(self, tok: dict[str, Tensor], caption: CaptionStates | None, present: Tensor | None,
+                   stem: TextStem | None = None) -> _Side:
         n = tok["input_ids"].shape[0]
         windows = chunk_tokens(tok)
         if windows is None:
-            tokens, g = self._text_tower(tok, caption, present, n)
+            tokens, g = self._text_tower(tok, caption, present, n, stem=stem)
             mask = tok["attention_mask"].bool()
         else:  # long_text "chunks": every window through the tower, pooled per report
             owner = tok["chunk_owner"]
@@ -289,24 +337,27 @@ class MCPH(BaseHashing):
         return align(side.embedding) if align is not None else side.embedding
 
     # ---- public interface (one modality each, per sample) -------------------------------------------------
-    def image_features(self, images: Tensor, meta: Sequence[dict | None] | None = None) -> Tensor:
-        return self._image_forward(images, meta).embedding
+    def image_features(self, images: Tensor, meta: Sequence[dict | None] | None = None, *,
+                       stem: Tensor | None = None) -> Tensor:
+        return self._image_forward(images, meta, stem).embedding
 
-    def text_features(self, tokens: dict[str, Tensor]) -> Tensor:
-        return self._text_side(tokens, None, None).embedding
+    def text_features(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> Tensor:
+        return self._text_side(tokens, None, None, stem).embedding
 
-    def encode_image(self, images: Tensor, meta: Sequence[dict | None] | None = None) -> dict[int, Tensor]:
+    def encode_image(self, images: Tensor, meta: Sequence[dict | None] | None = None, *,
+                     stem: Tensor | None = None) -> dict[int, Tensor]:
         """Continuous image codes u^v in (-1, 1); `meta` may carry each image's own caption, never a report."""
-        return self._image_forward(images, meta).codes
+        return self._image_forward(images, meta, stem).codes
 
-    def encode_text(self, tokens: dict[str, Tensor]) -> dict[int, Tensor]:
-        return self._text_side(tokens, None, None).codes
+    def encode_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> dict[int, Tensor]:
+        return self._text_side(tokens, None, None, stem).codes
 
-    def embed_image(self, images: Tensor, meta: Sequence[dict | None] | None = None) -> Tensor:
-        return F.normalize(self._aligned(self._image_forward(images, meta), self.image_align), dim=-1)
+    def embed_image(self, images: Tensor, meta: Sequence[dict | None] | None = None, *,
+                    stem: Tensor | None = None) -> Tensor:
+        return F.normalize(self._aligned(self._image_forward(images, meta, stem), self.image_align), dim=-1)
 
-    def embed_text(self, tokens: dict[str, Tensor]) -> Tensor:
-        return F.normalize(self._aligned(self._text_side(tokens, None, None), self.text_align), dim=-1)
+    def embed_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> Tensor:
+        return F.normalize(self._aligned(self._text_side(tokens, None, None, stem), self.text_align), dim=-1)
 
     # ---- training -------------------------------------------------------------------------------------
     def param_groups(self, train_cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -352,7 +403,8 @@ class MCPH(BaseHashing):
         if adaptive and not self.use["nrcl"]:
             raise TrainingError("mcph", "noise handling 'adaptive_temperature' needs the 'nrcl' component")
         device = batch.images.device
-        pre = self._image_pre(batch.images)
+        img_stem, txt_stem = self.batch_stems(batch)
+        pre = self._image_pre(batch.images, img_stem)
         pooled = pre.mean(dim=1)
         caption, present = None, torch.zeros(len(batch), dtype=torch.bool, device=device)
         if self.use["vpl"] or self.use["tpl"] or self.use["nrcl"]:
@@ -360,7 +412,7 @@ class MCPH(BaseHashing):
             caption = self._encode_captions(captions, device)
             present = torch.tensor([c is not None for c in captions], device=device)
         img = self._image_side(pre, caption, self._keep(present, self.opts["caption_dropout"]))
-        txt = self._text_side(batch.tokens, caption, self._keep(present, self.opts["text_caption_dropout"]))
+        txt = self._text_side(batch.tokens, caption, self._keep(present, self.opts["text_caption_dropout"]), txt_stem)
 
         labels = distributed.all_gather(batch.labels)
         terms = self._contrastive_terms(img, txt, caption, present, adaptive)
