@@ -243,3 +243,55 @@ def test_cli_audit_and_a_cancelled_then_resumed_experiment(grid, registered, lib
     bad = [*args[:args.index("--methods") + 1], "base:contrastive=maybe", *args[args.index("--methods") + 2:]]
     res = runner.invoke(app, bad)
     assert res.exit_code == 2 and json.loads(res.stdout)["item"] == "--methods"
+
+
+def test_caption_and_noise_drop_tables_hold_the_measured_numbers(grid) -> None:
+    out, _, results, _, _ = grid
+    tables = _tables((out / "report.md").read_text(encoding="utf-8"))
+    captions = tables["Captions: mAP@all with and without the image's caption"]
+    assert [(r["Method"], r["Noise"]) for r in captions] == [("mcph", "0 %"), ("mcph", "20 %")]  # base uses none
+    assert _result(results, "base", 0.0)["metrics_without_captions"] is None
+    for row, noise in zip(captions, (0.0, 0.2), strict=True):
+        r = _result(results, "mcph", noise)
+        for direction, arrow in (("i2t", "I→T"), ("t2i", "T→I")):
+            for bits in (16, 32):
+                key = f"{direction}@{bits}"
+                assert row[f"{arrow} {bits} with"] == f"{r['metrics'][key]['map_all']:.3f}"
+                assert row[f"{arrow} {bits} without"] == f"{r['metrics_without_captions'][key]['map_all']:.3f}"
+        # report codes never see a caption: T->I differs only through the image (database) codes
+        assert set(r["metrics_without_captions"]) == set(r["metrics"])
+
+    drops = {r["Method"]: r for r in tables["Robustness: mAP@all lost to noise (32 bits)"]}
+    assert drops["base"]["I→T of base's drop avoided"] == "–"
+    for direction, arrow in (("i2t", "I→T"), ("t2i", "T→I")):
+        m = {(v, n): _result(results, v, n)["metrics"][f"{direction}@32"]["map_all"]
+             for v in ("base", "mcph") for n in (0.0, 0.2)}
+        base_drop, mcph_drop = m["base", 0.0] - m["base", 0.2], m["mcph", 0.0] - m["mcph", 0.2]
+        assert float(drops["mcph"][f"{arrow} drop"]) == pytest.approx(mcph_drop, abs=6e-4)
+        if base_drop > 1e-9:
+            assert drops["mcph"][f"{arrow} of base's drop avoided"] == f"{100 * (1 - mcph_drop / base_drop):.0f} %"
+
+
+def test_evaluation_from_the_stem_cache_is_close_to_the_full_forward(grid, library: Path, tmp_path: Path) -> None:
+    """`eval_from_cache` reuses the float16 stems: the same trained model scores (nearly) the same."""
+    out, _, results, _, _ = grid
+    fast = tmp_path / "fast"  # only the cache lives here: the finished grid's run is evaluated again
+    from trainer.checkpoint import load_checkpoint as load
+    from trainer.data.splits import load_splits
+    from trainer.experiment import _evaluate_run, run_configs
+
+    spec = _spec(eval_from_cache=True)
+    run = next(r for r in spec.runs() if r.name == "mcph_n20_s0")
+    best = out / results[run.name]["checkpoint"]
+    model, _, _ = load(best)
+    _, train_cfg = run_configs(spec, run, model.cfg.label_names, fast / ".feature-cache")
+    with Library.open(library, read_only=True) as lib:
+        splits = load_splits(best / "splits.json", library_samples(lib))
+    quick = _evaluate_run(best, splits, run, train_cfg, spec, out / "runs" / run.name)
+    assert quick["eval_from_cache"] and any((fast / ".feature-cache").iterdir())
+    slow = results[run.name]
+    assert slow["eval_from_cache"] is False
+    for key, values in slow["metrics"].items():
+        assert quick["metrics"][key]["map_all"] == pytest.approx(values["map_all"], abs=0.02), key
+    assert quick["audit"]["pairs"] == slow["audit"]["pairs"]
+    assert quick["audit"]["precision"] == pytest.approx(slow["audit"]["precision"], abs=0.15)

@@ -45,6 +45,7 @@ from trainer.data.manifest import Sample
 from trainer.data.noise import NoiseRecord, apply_noise
 from trainer.engine import encode_dataset
 from trainer.errors import DataError
+from trainer.feature_cache import FeatureCache
 from trainer.models.hashing import HashingModel
 
 TIE_TOLERANCE = 1e-6
@@ -140,20 +141,28 @@ def audit_precision(scores: np.ndarray, noisy_mask: np.ndarray, top_fraction: fl
 
 @torch.no_grad()
 def embed_pairs(model: HashingModel, samples: Sequence[Sample], *, batch_size: int = 64,
-                device: str | torch.device = "cpu", captions: Mapping[str, str] | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(image, report) continuous embeddings (float32, (N, D)) of every pair, each from its own side."""
+                device: str | torch.device = "cpu", captions: Mapping[str, str] | None = None,
+                cache: FeatureCache | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(image, report) continuous embeddings (float32, (N, D)) of every pair, each from its own side.
+    `cache`: a FeatureCache prepared for these samples; the forward starts from its stems."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    loader = make_loader(samples, model.backbone.eval_transform, model.backbone.tokenizer, [],
-                         batch_size=batch_size, captions=captions)
+    if cache is not None:
+        loader = cache.loader(samples, model.backbone.tokenizer, [], batch_size=batch_size, captions=captions)
+    else:
+        loader = make_loader(samples, model.backbone.eval_transform, model.backbone.tokenizer, [],
+                             batch_size=batch_size, captions=captions)
     images, texts = [], []
     try:
         for batch in loader:
             batch = batch.to(device)
-            images.append(model.embed_image(batch.images, meta=batch.extras.get("meta")).float().cpu().numpy())
-            texts.append(model.embed_text(batch.tokens).float().cpu().numpy())
+            img_stem, txt_stem = model.batch_stems(batch)
+            img_kw = {} if img_stem is None else {"stem": img_stem}
+            txt_kw = {} if txt_stem is None else {"stem": txt_stem}
+            images.append(model.embed_image(batch.images, meta=batch.extras.get("meta"), **img_kw)
+                          .float().cpu().numpy())
+            texts.append(model.embed_text(batch.tokens, **txt_kw).float().cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(images), np.concatenate(texts)
@@ -178,24 +187,28 @@ def label_changing_share(train: Sequence[Sample], record: NoiseRecord) -> float:
 
 
 def pair_vectors(model: HashingModel, samples: Sequence[Sample], *, batch_size: int = 64,
-                 device: str | torch.device = "cpu", captions: Mapping[str, str] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, str]:
+                 device: str | torch.device = "cpu", captions: Mapping[str, str] | None = None,
+                 cache: FeatureCache | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """(image vectors, report vectors, score kind) the audit uses for this model (module docstring)."""
     if uses_embeddings(model.cfg.method, model.cfg.components):
-        image, text = embed_pairs(model, samples, batch_size=batch_size, device=device, captions=captions)
+        image, text = embed_pairs(model, samples, batch_size=batch_size, device=device, captions=captions,
+                                  cache=cache)
         return image, text, "mcph"
-    image, text = encode_dataset(model, samples, batch_size=batch_size, device=device, captions=captions)
+    image, text = encode_dataset(model, samples, batch_size=batch_size, device=device, captions=captions,
+                                 cache=cache)
     bits = max(image)
     return np.where(image[bits] >= 0, 1.0, -1.0), np.where(text[bits] >= 0, 1.0, -1.0), "rank"
 
 
 def audit_noisy_pairs(model: HashingModel, train: Sequence[Sample], noise_file: str | Path, *,
                       top_fraction: float = 0.05, batch_size: int = 64, device: str | torch.device = "cpu",
-                      captions: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Score the noisy training pairs of a run with its trained model; precision at the top fraction."""
+                      captions: Mapping[str, str] | None = None, cache: FeatureCache | None = None) -> dict[str, Any]:
+    """Score the noisy training pairs of a run with its trained model; precision at the top fraction.
+    `cache`: a FeatureCache prepared for `train` (stems are keyed by content, so shuffled pairs hit it)."""
     record = NoiseRecord.load(noise_file)
     pairs, mask = noisy_training_pairs(train, record)
-    image, text, kind = pair_vectors(model, pairs, batch_size=batch_size, device=device, captions=captions)
+    image, text, kind = pair_vectors(model, pairs, batch_size=batch_size, device=device, captions=captions,
+                                     cache=cache)
     scores = pair_scores(image, text, kind)
     return {"top_fraction": top_fraction, "precision": audit_precision(scores.score, mask, top_fraction),
             "base_rate": float(mask.mean()), "pairs": len(pairs), "shuffled": int(mask.sum()),

@@ -46,6 +46,7 @@ from trainer.distributed import resolve_device
 from trainer.engine import apply_method_defaults, encode_dataset, fit
 from trainer.errors import DataError
 from trainer.evaluate import distance_histograms, evaluate_codes, metrics_from_histograms, pack_signs
+from trainer.feature_cache import FeatureCache
 from trainer.models.registry import available_methods, get_method
 
 EVAL_K = (10, 50, 100)  # as medhash_app.core.training.EVAL_K
@@ -168,6 +169,10 @@ class GridSpec:
     top_fraction: float = 0.05  # the audit's "top 5 %"
     rare_classes: int = 5  # classes with the fewest training positives shown in the report
     keep_last: bool = False
+    # Evaluate from the frozen-stem cache (float16 stems: continuous codes within ~2e-3 of the full
+    # forward, a few near-zero bits may flip): several times faster on CPU, but the numbers are then
+    # not bit-identical to the app's stored codes. Off by default.
+    eval_from_cache: bool = False
 
     def runs(self) -> list[GridRun]:
         return [GridRun(v, float(n), int(s)) for v in self.variants for n in self.noise_rates for s in self.seeds]
@@ -272,19 +277,39 @@ def _multi_hot(samples: Sequence[Sample], names: Sequence[str]) -> np.ndarray:
 
 
 def evaluate_in_memory(model: Any, splits: Splits, *, batch_size: int = 64, device: str | torch.device = "cpu",
-                       num_workers: int = 0) -> dict[str, Any]:
+                       num_workers: int = 0, cache: FeatureCache | None = None) -> dict[str, Any]:
     """The app's evaluation (query split vs retrieval split, labels of both) from in-memory codes.
 
     Returns {"metrics": {"i2t@16": {"map_all", "map@k", "p@k", "queries", "database"}, ...},
-    "pr": {"i2t@16": {"precision", "recall"}}, "per_class": {...}, "encode_ms_per_pair"}.
+    "pr": {"i2t@16": {"precision", "recall"}}, "per_class": {...}, "encode_ms_per_pair"}, plus
+    "metrics_without_captions" for a model whose image codes use captions (MCPH with VPL). Without
+    `cache` codes come from the full forward, so they equal the app's stored codes; with a prepared
+    `cache` they start from its float16 stems (GridSpec.eval_from_cache).
     """
     pairs = [*splits.query, *splits.retrieval]
     started = time.perf_counter()
-    image, text = encode_dataset(model, pairs, batch_size=batch_size, device=device, num_workers=num_workers)
+    image, text = encode_dataset(model, pairs, batch_size=batch_size, device=device, num_workers=num_workers,
+                                 cache=cache)
     encode_ms = (time.perf_counter() - started) * 1000.0 / len(pairs)
     names = sorted({label for s in pairs for label in s.labels})
     labels = _multi_hot(pairs, names)
     q_idx, db_idx = np.arange(len(splits.query)), np.arange(len(splits.query), len(pairs))
+    metrics, pr = _metrics(image, text, labels, q_idx, db_idx)
+    bits = max(image)
+    per_class = per_class_ap(pack_signs(image[bits]), pack_signs(text[bits]), labels, names, q_idx, db_idx, splits)
+    out = {"metrics": metrics, "pr": pr, "per_class": {"bits": bits, "classes": per_class},
+           "encode_ms_per_pair": encode_ms}
+    if getattr(model, "uses_captions", False):
+        with model.captions_withheld():
+            bare, _ = encode_dataset(model, pairs, batch_size=batch_size, device=device, num_workers=num_workers,
+                                     cache=cache)
+        out["metrics_without_captions"] = _metrics(bare, text, labels, q_idx, db_idx)[0]
+    return out
+
+
+def _metrics(image: dict[int, np.ndarray], text: dict[int, np.ndarray], labels: np.ndarray, q_idx: np.ndarray,
+             db_idx: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, PR curves) per direction and code length, keyed "i2t@16"."""
     metrics, pr = {}, {}
     for bits in sorted(image):
         res = evaluate_codes(image[bits], text[bits], labels, q_idx, db_idx, DIRECTIONS, EVAL_K)
@@ -294,10 +319,7 @@ def evaluate_in_memory(model: Any, splits: Splits, *, batch_size: int = 64, devi
                                       **{f"p@{k}": m[f"p@{k}"] for k in EVAL_K},
                                       "queries": len(q_idx), "database": len(db_idx)}
             pr[f"{d}@{bits}"] = {"precision": m["pr_precision"], "recall": m["pr_recall"]}
-    bits = max(image)
-    per_class = per_class_ap(pack_signs(image[bits]), pack_signs(text[bits]), labels, names, q_idx, db_idx, splits)
-    return {"metrics": metrics, "pr": pr, "per_class": {"bits": bits, "classes": per_class},
-            "encode_ms_per_pair": encode_ms}
+    return metrics, pr
 
 
 def per_class_ap(image: np.ndarray, text: np.ndarray, labels: np.ndarray, names: Sequence[str],
@@ -373,17 +395,32 @@ def _finished(result_file: Path, key: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _eval_cache(model: Any, splits: Splits, spec: GridSpec, train_cfg: TrainConfig, device: torch.device
+                ) -> FeatureCache | None:
+    """The grid's shared frozen-stem cache, filled for the query and retrieval pairs, when
+    `spec.eval_from_cache` and the model can use it; else None (full forward)."""
+    if not (spec.eval_from_cache and train_cfg.feature_cache and train_cfg.cache_dir):
+        return None
+    cache = FeatureCache.for_model(model, train_cfg.cache_dir)
+    if cache is not None:
+        cache.prepare([*splits.query, *splits.retrieval], device=device, batch_size=train_cfg.batch_size,
+                      num_workers=spec.num_workers)
+    return cache
+
+
 def _evaluate_run(best: Path, splits: Splits, run: GridRun, train_cfg: TrainConfig, spec: GridSpec,
                   run_dir: Path) -> dict[str, Any]:
     device = resolve_device(spec.device)
     model, _, _ = load_checkpoint(best, device=str(device))
+    cache = _eval_cache(model, splits, spec, train_cfg, device)
     evaluation = evaluate_in_memory(model, splits, batch_size=train_cfg.batch_size, device=device,
-                                    num_workers=spec.num_workers)
+                                    num_workers=spec.num_workers, cache=cache)
     audit = None
     if run.noise_rate > 0 and (run_dir / "noise.json").is_file():
         audit = audit_noisy_pairs(model, splits.train, run_dir / "noise.json", top_fraction=spec.top_fraction,
-                                  batch_size=train_cfg.batch_size, device=device)
-    return {"metrics": evaluation["metrics"], "pr": evaluation["pr"], "per_class": evaluation["per_class"],
+                                  batch_size=train_cfg.batch_size, device=device, cache=cache)
+    return {"eval_from_cache": cache is not None,"metrics": evaluation["metrics"], "pr": evaluation["pr"], "per_class": evaluation["per_class"],
+            "metrics_without_captions": evaluation.get("metrics_without_captions"),
             "audit": audit, "machine": machine_info(device),
             "timing": {"encode_ms_per_pair": evaluation["encode_ms_per_pair"], "epochs": train_cfg.epochs,
                        "batch_size": train_cfg.batch_size}}

@@ -1,7 +1,8 @@
 """report.md and PR-curve PNGs of an experiment grid (trainer.experiment), laid out like the papers.
 
 Tables: mAP@all per noise rate (rows: methods; columns: I->T then T->I at each code length; MCPH
-Tables 1-2), component ablations (Tables 3-4), per-class AP of the rarest classes, the data audit's
+Tables 1-2), the mAP lost to noise and the share of BASE's loss each method avoids, component
+ablations (Tables 3-4), mAP with and without image captions, per-class AP of the rarest classes, the data audit's
 precision on the noisy runs, and time per run (TriPAH Table III). A cell is the mean over seeds,
 "mean ± sd" (sample standard deviation) when there are several. Numbers carry 3 decimals; the
 exact values are in results/<run>.json.
@@ -131,6 +132,70 @@ def audit_table(spec: GridSpec, results: Results) -> list[str]:
             ""]
 
 
+def caption_table(spec: GridSpec, results: Results) -> list[str]:
+    """Image codes with the image's caption vs without (null prompts), for models that use captions."""
+    rows = []
+    for v in spec.variants:
+        for noise in spec.noise_rates:
+            runs = [r for r in _runs(results, v, noise) if r.get("metrics_without_captions")]
+            if not runs:
+                continue
+            row = [v.label, pct(noise)]
+            for b in spec.bits:
+                key = f"i2t@{b}"
+                row += [cell([r["metrics"][key]["map_all"] for r in runs]),
+                        cell([r["metrics_without_captions"][key]["map_all"] for r in runs])]
+            for b in spec.bits:
+                key = f"t2i@{b}"
+                row += [cell([r["metrics"][key]["map_all"] for r in runs]),
+                        cell([r["metrics_without_captions"][key]["map_all"] for r in runs])]
+            rows.append(row)
+    if not rows:
+        return []
+    header = ["Method", "Noise"] + [f"{DIRECTION_NAMES[d]} {b} {w}" for d in DIRECTION_NAMES for b in spec.bits
+                                    for w in ("with", "without")]
+    return ["## Captions: mAP@all with and without the image's caption", "",
+            ("Same trained model, image codes encoded twice: with each image's own caption (captions file, "
+             "else the built-in captioner's sentence from the image) and without any (learned null prompts). "
+             "Report codes never see a caption, so only the image side changes."), "", *table(header, rows), ""]
+
+
+def noise_drop_table(spec: GridSpec, results: Results, reference: str = "base") -> list[str]:
+    """mAP lost from 0 % noise to each noise rate, and the share of the reference method's loss a
+    method avoids: 1 - drop(method) / drop(reference) (100 % = no loss at all; negative = loses more)."""
+    clean = [n for n in spec.noise_rates if n == 0]
+    ref = next((v for v in spec.variants if v.label == reference), None)
+    if not clean or ref is None:
+        return []
+    bits = max(spec.bits)
+
+    def mean_map(v: Variant, noise: float, d: str) -> float | None:
+        vals = [r["metrics"][f"{d}@{bits}"]["map_all"] for r in _runs(results, v, noise)]
+        return float(np.mean(vals)) if vals else None
+
+    rows = []
+    for v in spec.variants:
+        for noise in (n for n in spec.noise_rates if n > 0):
+            row = [v.label, pct(noise)]
+            for d in DIRECTION_NAMES:
+                m0, mn, r0, rn = mean_map(v, 0.0, d), mean_map(v, noise, d), mean_map(ref, 0.0, d), mean_map(ref, noise, d)
+                if None in (m0, mn, r0, rn):
+                    row += ["–", "–"]
+                    continue
+                drop, ref_drop = m0 - mn, r0 - rn
+                avoided = "–" if v is ref or ref_drop <= 1e-9 else f"{100 * (1 - drop / ref_drop):.0f} %"
+                row += [f"{drop:+.3f}".replace("+", ""), avoided]
+            rows.append(row)
+    if not rows:
+        return []
+    header = ["Method", "Noise"] + [f"{DIRECTION_NAMES[d]} {w}" for d in DIRECTION_NAMES
+                                    for w in ("drop", f"of {reference}'s drop avoided")]
+    return [f"## Robustness: mAP@all lost to noise ({bits} bits)", "",
+            (f"drop = mAP at 0 % minus mAP at the noise rate (means over seeds); avoided = 1 − drop / "
+             f"{reference}'s drop at the same rate (only meaningful when {reference}'s drop is clearly larger "
+             "than the run-to-run spread)."), "", *table(header, rows), ""]
+
+
 def timing_table(results: Results) -> list[str]:
     def num(value: float | None, fmt: str) -> str:
         return "–" if value is None else format(value, fmt)
@@ -188,6 +253,9 @@ def header_lines(spec: GridSpec, results: Results, *, command: str, machine: str
              f"{', '.join(map(str, spec.bits))}; injected noise {', '.join(pct(n) for n in spec.noise_rates)}; "
              f"seeds {', '.join(map(str, spec.seeds))}; {spec.epochs} epoch(s); backbone {spec.backbone}"),
             "- Noise handling: " + "; ".join(f"{v.label}: {v.handling()}" for v in spec.variants),
+            ("- Evaluation codes: " + ("from the float16 frozen-stem cache (`--eval-from-cache`; continuous codes "
+                                       "within ~2e-3 of the full forward)" if spec.eval_from_cache else
+                                       "full forward from the image files (equal to the app's stored codes)")),
             f"- Runs finished: {len(results)} of {total_runs}", "",
             ("One model per method × noise rate × seed is trained with all code lengths at once (the hash "
              "heads of every length share the backbone), so a table row's columns come from the same model. "
@@ -203,7 +271,8 @@ def write_report(out: Path, spec: GridSpec, results: Results, *, command: str, m
     plots = pr_plots(out, spec, results)
     lines = header_lines(spec, results, command=command, machine=machine, data_name=data_name,
                          total_runs=total_runs or len(results))
-    lines += map_tables(spec, results) + ablation_tables(spec, results)
+    lines += map_tables(spec, results) + noise_drop_table(spec, results) + ablation_tables(spec, results)
+    lines += caption_table(spec, results)
     lines += ["## Precision-recall curves", "", f"Largest code length ({max(spec.bits)} bits), mean over seeds.", ""]
     lines += [f"![PR curves, noise {p.stem.rsplit('-', 1)[1]} %]({p.name})" for p in plots] + [""]
     lines += rare_class_tables(spec, results) + audit_table(spec, results) + timing_table(results)
