@@ -347,9 +347,11 @@ def demo_cmd(library: Annotated[Path | None, typer.Option("--library", "-l",
         raise typer.Exit(run_app(Path(outcome["library"]), []))
 
 
+from medhash_app.cli_captions import register as register_captions
 from medhash_app.cli_research import register as register_research
 
 register_research(app)
+register_captions(app)
 
 
 def _has_display() -> bool:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
+from medhash_app.core.captions import CaptionImport, import_captions
 from medhash_app.core.encoder import encode_library, resolve_device
 from medhash_app.core.errors import ModelError
 from medhash_app.core.ingest import IngestReport, ingest
@@ -60,6 +61,13 @@ class MedHashSession:
         count = encode_library(self.library, int(model["id"]), encoder, progress=progress, cancel=cancel)
         self.searcher.invalidate()
         return count
+
+    def import_captions(self, path: str | Path) -> CaptionImport:
+        """Store a captions file's captions in the cases (core/captions.py); the caption-reading models'
+        image codes of the changed cases are deleted, so `encode_library` re-encodes exactly them."""
+        outcome = import_captions(self.library, path)
+        self.searcher.invalidate()
+        return outcome
 
     # -- models ---------------------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from medhash_app.core.errors import DataError, JobCancelled, ModelError
 from trainer.config import ModelConfig, TrainConfig
+from trainer.data.captions import CAPTION_KEY
 from trainer.data.manifest import Sample
 from trainer.data.splits import load_splits, make_splits, save_splits
 from trainer.engine import apply_method_defaults, fit
@@ -66,16 +67,21 @@ class TrainOutcome:
 
 
 def library_samples(library: Any) -> list[Sample]:
-    """Cases usable for cross-modal training/evaluation: an image, a report and labels."""
+    """Cases usable for cross-modal training/evaluation: an image, a report and labels.
+
+    An imported caption (`extra["caption"]`, core/captions.py) goes into the metadata under the
+    trainer's caption key, so training sees the image with the caption its stored codes are made from."""
     samples = []
     for case in library.iter_cases():
         if not (case.get("report") or "").strip() or not case.get("labels") or not case.get("input_path"):
             continue
+        metadata = {k: case.get(k) for k in ("domain", "view", "laterality", "sex", "age", "modality", "body_part")}
+        caption = (case.get("extra") or {}).get(CAPTION_KEY)
+        if isinstance(caption, str) and caption.strip():
+            metadata[CAPTION_KEY] = caption.strip()
         samples.append(Sample(id=case["id"], image_path=str(library.path_of(case["input_path"])),
                               report=case["report"], labels=list(case["labels"]),
-                              patient_id=case.get("patient_key"),
-                              metadata={k: case.get(k) for k in ("domain", "view", "laterality", "sex", "age",
-                                                                 "modality", "body_part")}))
+                              patient_id=case.get("patient_key"), metadata=metadata))
     return samples
 
 

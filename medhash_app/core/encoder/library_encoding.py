@@ -1,8 +1,13 @@
 """Encode every case of a library with one model and store the codes in SQLite.
 
-Resumable: cases that already have codes for this model are skipped, so an interrupted run
-(Ctrl-C, SIGKILL) picks up where it stopped. Each batch is stored in one transaction per
-(modality, bits), so a batch is either fully there or not at all.
+Resumable: a case is picked when its image code of the longest length is missing, so an
+interrupted run (Ctrl-C, SIGKILL) picks up where it stopped. Each (modality, bits) of a batch is
+one transaction; a batch stores its text codes first and its longest image code last, so a case
+whose longest image code exists has all its codes. A case whose image codes were removed (a new
+caption, core/captions.py) while its text codes stayed gets only its image re-encoded.
+
+An image is encoded with its case's own side information: the allow-listed header facts and the
+image's caption (`extra["caption"]`), the same metadata training gives it (training.library_samples).
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ def _missing_case_ids(library: Library, model_id: int, bits: int) -> list[str]:
     return [cid for cid in library.case_ids() if cid not in have]
 
 
+def case_image_meta(case: dict) -> dict:
+    """What travels with a case's image: header facts plus its caption from `extra` (never the report)."""
+    caption = (case.get("extra") or {}).get("caption")
+    return image_meta({**case, "caption": caption if isinstance(caption, str) and caption.strip() else None})
+
+
 def _load_inputs(library: Library, cases: list[dict]) -> list[Image.Image]:
     images = []
     for case in cases:
@@ -38,25 +49,28 @@ def _load_inputs(library: Library, cases: list[dict]) -> list[Image.Image]:
 
 
 def _store(library: Library, model_id: int, modality: str, case_ids: list[str], enc: EncodedBatch) -> None:
-    for bits, packed in enc.codes.items():
-        library.put_codes(model_id, modality, bits, case_ids, packed, embeddings=enc.embeddings)
+    for bits in sorted(enc.codes):  # longest last: its presence marks a finished case
+        library.put_codes(model_id, modality, bits, case_ids, enc.codes[bits], embeddings=enc.embeddings)
 
 
 def encode_library(library: Library, model_id: int, encoder: EncoderService, *, batch_size: int = 64,
                    progress: Progress | None = None, cancel: threading.Event | None = None) -> int:
-    """Encode the images and reports of all not-yet-encoded cases; returns how many were encoded."""
-    todo = _missing_case_ids(library, model_id, max(encoder.bits))
+    """Encode the images (and the reports not yet encoded) of every case without an image code;
+    returns how many cases were encoded."""
+    bits = max(encoder.bits)
+    todo = _missing_case_ids(library, model_id, bits)
+    have_text = set(library.get_codes(model_id, "text", bits)[0].tolist()) if todo else set()
     done = 0
     for start in range(0, len(todo), batch_size):
         if cancel is not None and cancel.is_set():
             break
         cases = library.get_cases(todo[start:start + batch_size])
+        texts = [c for c in cases if c["id"] not in have_text and c.get("report") and c["report"].strip()]
+        if texts:
+            _store(library, model_id, "text", [c["id"] for c in texts],
+                   encoder.encode_texts([c["report"] for c in texts]))
         _store(library, model_id, "image", [c["id"] for c in cases],
-               encoder.encode_pil(_load_inputs(library, cases), meta=[image_meta(c) for c in cases]))
-        with_report = [c for c in cases if c.get("report") and c["report"].strip()]
-        if with_report:
-            _store(library, model_id, "text", [c["id"] for c in with_report],
-                   encoder.encode_texts([c["report"] for c in with_report]))
+               encoder.encode_pil(_load_inputs(library, cases), meta=[case_image_meta(c) for c in cases]))
         done += len(cases)
         if progress is not None:
             progress(done, len(todo))

@@ -171,6 +171,13 @@ class CaseStore(LibraryBase):
                 return stored
         return None
 
+    def set_extras(self, extras: dict[str, dict[str, Any]]) -> int:
+        """Replace the `extra` dict of each given case in one transaction (a savepoint inside a caller's);
+        returns how many cases were updated."""
+        rows = [(json.dumps(extra, sort_keys=True, default=str), case_id) for case_id, extra in extras.items()]
+        with self.transaction() as db:
+            return max(db.conn.executemany("UPDATE cases SET extra = ? WHERE id = ?", rows).rowcount, 0) if rows else 0
+
     def log_ingest(self, entries: Sequence[dict[str, Any]]) -> None:
         self.write_batch([], entries)
 

@@ -94,3 +94,15 @@ class CodeStore(LibraryBase):
             sql, params = sql + " AND bits = ?", [*params, bits]
         with self.transaction() as db:
             return db.conn.execute(sql, params).rowcount
+
+    def delete_case_codes(self, model_id: int, modality: str, case_ids: Sequence[str]) -> int:
+        """Remove one model's codes (all lengths, with their embeddings) of `modality` for `case_ids`, in one
+        transaction (a savepoint inside a caller's); returns rows removed."""
+        removed = 0
+        with self.transaction() as db:
+            for start in range(0, len(case_ids), CHUNK):
+                chunk = list(case_ids[start:start + CHUNK])
+                removed += db.conn.execute(
+                    f"DELETE FROM codes WHERE model_id = ? AND modality = ? AND case_id IN ({', '.join('?' * len(chunk))})",
+                    [model_id, modality, *chunk]).rowcount
+        return removed
