@@ -204,3 +204,15 @@ def test_a_cancelled_fill_keeps_what_it_wrote_and_the_next_fill_resumes(samples,
     assert report.cancelled and seen == [(4, 24), (8, 24)]  # 12 images + 12 reports, stopped after 2 batches
     _, report = _prepared(model, samples, tmp_path / "cache")
     assert report.hits == {IMAGE: 8, TEXT: 0} and report.computed == {IMAGE: 4, TEXT: 12} and not report.cancelled
+
+
+def test_long_report_rules_get_their_own_text_cache() -> None:
+    """"truncate" and "sections" tokenize the same report differently: their stems must not be shared."""
+    from trainer.data.long_text import wrap_tokenizer
+    from trainer.feature_cache import tokenizer_identity
+
+    base = _tiny_model().backbone.tokenizer
+    keys = {mode: json.dumps(tokenizer_identity(wrap_tokenizer(base, mode, 32)), sort_keys=True)
+            for mode in (None, "truncate", "sections")}
+    assert len(set(keys.values())) == 3
+    assert tokenizer_identity(wrap_tokenizer(base, "sections", 32)) != tokenizer_identity(wrap_tokenizer(base, "sections", 16))

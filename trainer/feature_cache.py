@@ -92,9 +92,13 @@ def frozen_weights_digest(backbone: Backbone) -> str:
 def tokenizer_identity(tokenizer: Callable[[Sequence[str]], dict[str, Tensor]]) -> dict[str, Any]:
     """Class, max length and the ids of a probe text: a changed vocabulary or rule changes the ids."""
     ids = tokenizer([_PROBE])["input_ids"]
-    return {"class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
-            "max_length": getattr(tokenizer, "max_length", None),
-            "probe_ids": hashlib.sha256(ids.cpu().numpy().astype(np.int64).tobytes()).hexdigest()}
+    ident = {"class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
+             "max_length": getattr(tokenizer, "max_length", None),
+             "probe_ids": hashlib.sha256(ids.cpu().numpy().astype(np.int64).tobytes()).hexdigest()}
+    if hasattr(tokenizer, "base"):  # a wrapper (long-report handling): its rule and the wrapped tokenizer
+        ident |= {"mode": getattr(tokenizer, "mode", None), "max_len": getattr(tokenizer, "max_len", None),
+                  "base": tokenizer_identity(tokenizer.base)}
+    return ident
 
 
 def stem_identity(backbone: Backbone, kind: str, weights: str | None = None) -> dict[str, Any]:
