@@ -36,6 +36,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
 }
 
 NOISE_HANDLINGS = ("none", "adaptive_temperature")
+MIN_TEXT_WINDOW = 4  # a window must hold the tower's special tokens and a few words
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -63,6 +64,9 @@ class ModelConfig:
     temperature: float = 0.3  # InfoNCE on tanh codes; 0.07 (CLIP) learned far slower in our runs
     label_names: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # method-specific extras (MCPH, TriPAH, ...)
+    # Text window in tokens (None = the tower's own limit): e.g. 77 emulates CLIP's window on the
+    # 256-token MiniLM tower. Applied by build_model to the tokenizer and to `max_text_length`.
+    text_window: int | None = None
 
     def __post_init__(self) -> None:
         self.bits = sorted({int(b) for b in self.bits})
@@ -71,13 +75,20 @@ class ModelConfig:
         self.components = {**DEFAULT_COMPONENTS, **self.components}
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **{k: float(v) for k, v in self.loss_weights.items()}}
         self.label_names = [str(n) for n in self.label_names]
+        window = self.text_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < MIN_TEXT_WINDOW):
+            raise MedHashError("model config", f"text_window must be a whole number of tokens >= {MIN_TEXT_WINDOW} "
+                               f"or None (the tower's own limit), not {window!r}")
 
     def on(self, component: str) -> bool:
         """True when `component` is switched on (unknown components count as off)."""
         return bool(self.components.get(component, False))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["text_window"] is None:  # written as before the field existed: old resume states and
+            del data["text_window"]  # experiment fingerprints still compare equal
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

@@ -6,6 +6,12 @@ averaged over the code lengths; weights and switches come from ModelConfig. Unde
 batch-level terms (contrastive, similarity, bit balance) see the global batch.
 
 BASE can start from cached frozen stems (both modalities; rules in trainer/models/hashing.py).
+
+Long reports (trainer/data/long_text.py): `options["long_text"]` None (the tower truncates),
+"truncate", "sections" or "chunks"; with "chunks" every window goes through the text tower and
+the window globals of each report are pooled (`options["chunk_pool"]`: "mean" or "attention")
+before the projection, so a report's code never depends on the other reports of its batch.
+Chunked batches carry no per-report text stem (the feature cache drops it for them).
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from trainer import distributed, losses
 from trainer.config import ModelConfig, TrainConfig
+from trainer.data.long_text import LONG_TEXT_MODES, chunk_tokens, pool_chunks, wrap_tokenizer
+from trainer.errors import MedHashError, TrainingError
 from trainer.models.backbones import Backbone
 from trainer.models.hashing import HashingModel, TextStem
 from trainer.models.heads import HashHeads, LabelClassifier, Projection
@@ -25,6 +33,28 @@ from trainer.models.registry import register_method
 
 if TYPE_CHECKING:
     from trainer.data.dataset import Batch
+
+BASE_OPTIONS: dict[str, Any] = {
+    "long_text": None,  # None | "truncate" | "sections" | "chunks" (trainer/data/long_text.py)
+    "chunk_pool": "mean",  # "mean" | "attention": how the windows of one chunked report are pooled
+}
+CHUNK_POOLS = ("mean", "attention")
+
+
+def base_options(cfg: ModelConfig) -> dict[str, Any]:
+    """BASE_OPTIONS overridden by cfg.options; unknown keys and values are errors (usually typos)."""
+    unknown = sorted(set(cfg.options) - set(BASE_OPTIONS))
+    if unknown:
+        raise MedHashError("model config", f"unknown BASE option(s): {', '.join(unknown)} "
+                           f"(BASE takes {', '.join(BASE_OPTIONS)})")
+    opts = {**BASE_OPTIONS, **cfg.options}
+    if opts["long_text"] is not None and opts["long_text"] not in LONG_TEXT_MODES:
+        raise MedHashError("model config", f"option long_text must be None or one of {', '.join(LONG_TEXT_MODES)}, "
+                           f"not {opts['long_text']!r}")
+    if opts["chunk_pool"] not in CHUNK_POOLS:
+        raise MedHashError("model config", f"option chunk_pool must be one of {', '.join(CHUNK_POOLS)}, "
+                           f"not {opts['chunk_pool']!r}")
+    return opts
 
 
 @register_method("base")
@@ -41,6 +71,18 @@ class BaseHashing(HashingModel):
         self.image_hash = HashHeads(d, self.bits)
         self.text_hash = HashHeads(d, self.bits)
         self.classifier = LabelClassifier(d, len(cfg.label_names)) if cfg.on("classifier") and cfg.label_names else None
+        self.chunk_score: nn.Linear | None = None
+        if type(self) is BaseHashing:  # subclasses (MCPH, ...) read and validate their own options
+            self._setup_long_text(base_options(cfg))
+
+    def _setup_long_text(self, opts: dict[str, Any]) -> None:
+        """Install the long-report tokenizer (the plain one for None) and the attention pool's scorer."""
+        bb = self.backbone
+        bb.tokenizer = wrap_tokenizer(bb.tokenizer, opts["long_text"], bb.max_text_length)
+        if opts["long_text"] == "chunks" and opts["chunk_pool"] == "attention":
+            self.chunk_score = nn.Linear(bb.text_global_dim, 1)
+            nn.init.zeros_(self.chunk_score.weight)  # starts as the mean, learns which windows matter
+            nn.init.zeros_(self.chunk_score.bias)
 
     # ---- per-modality paths (never see the other modality or other samples) --------------------
     def image_features(self, images: Tensor, *, stem: Tensor | None = None) -> Tensor:
@@ -49,7 +91,14 @@ class BaseHashing(HashingModel):
 
     def text_features(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> Tensor:
         bb = self.backbone
-        return self.text_proj(bb.text_pool(bb.text_top(*self.text_stem_of(tokens, stem)), tokens))
+        windows = chunk_tokens(tokens)
+        if windows is None:
+            return self.text_proj(bb.text_pool(bb.text_top(*self.text_stem_of(tokens, stem)), tokens))
+        if stem is not None:
+            raise TrainingError(self.method, "a cached text stem cannot stand in for a chunked report")
+        g = bb.text_global(windows)  # every window through the whole tower
+        scores = self.chunk_score(g) if self.chunk_score is not None else None
+        return self.text_proj(pool_chunks(g, tokens["chunk_owner"], tokens["input_ids"].shape[0], scores))
 
     def encode_image(self, images: Tensor, meta: Sequence[dict[str, Any] | None] | None = None, *,
                      stem: Tensor | None = None) -> dict[int, Tensor]:

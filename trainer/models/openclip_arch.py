@@ -36,15 +36,17 @@ def _strip_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 class _Tokenizer:
-    """Picklable wrapper: open_clip tokenizer -> ids + mask (pad id 0)."""
+    """Picklable wrapper: open_clip tokenizer -> ids + mask (pad id 0), `max_length` tokens per text
+    (the model's context length, or a shorter window: ModelConfig.text_window)."""
 
-    def __init__(self, arch: str) -> None:
+    def __init__(self, arch: str, max_length: int) -> None:
         import open_clip
 
         self._tok = open_clip.get_tokenizer(arch)
+        self.max_length = max_length
 
     def __call__(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        ids = self._tok(list(texts))
+        ids = self._tok(list(texts), context_length=self.max_length)
         return {"input_ids": ids, "attention_mask": (ids != 0).long()}
 
 
@@ -75,7 +77,7 @@ class OpenClipBackbone(Backbone):
         self.text_token_dim = self.clip.transformer.width
         self.image_global_dim = self.text_global_dim = self.clip.text_projection.shape[1]
         self.max_text_length = self.clip.context_length
-        self.tokenizer = _Tokenizer(arch)
+        self.tokenizer = _Tokenizer(arch, self.max_text_length)
         self.freeze_except_top(2)
 
     def image_blocks(self) -> list[nn.Module]:

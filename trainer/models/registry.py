@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from trainer.config import ModelConfig
+from trainer.data.long_text import unwrap_tokenizer
 from trainer.errors import MedHashError
 from trainer.models.backbones import Backbone, build_backbone
 from trainer.models.hashing import HashingModel
@@ -57,4 +58,28 @@ def build_model(cfg: ModelConfig, *, backbone: Backbone | None = None, pretraine
     if backbone is None:
         backbone = build_backbone(cfg.backbone, pretrained=pretrained, weights_path=cfg.weights_path)
     backbone.freeze_except_top(cfg.trainable_top_blocks)
+    apply_text_window(backbone, cfg.text_window)
     return cls(cfg, backbone)
+
+
+def apply_text_window(backbone: Backbone, window: int | None) -> None:
+    """Set the text window (tokens; None = the tower's own limit) on the backbone's tokenizer and on
+    `backbone.max_text_length`, which the long-report handling sizes its windows by.
+
+    The tower's own limit is remembered on the backbone (`tower_text_limit`), so a backbone reused
+    for another model can be given a different window, or its own one back.
+    """
+    limit = int(getattr(backbone, "tower_text_limit", backbone.max_text_length))
+    backbone.tower_text_limit = limit
+    size = limit if window is None else int(window)
+    if size > limit:
+        raise MedHashError("model config", f"text_window {size} exceeds the {backbone.spec} text tower's limit "
+                           f"of {limit} tokens")
+    tokenizer = unwrap_tokenizer(backbone.tokenizer)
+    if not hasattr(tokenizer, "max_length"):
+        if window is None:
+            return
+        raise MedHashError("model config", f"the {backbone.spec} tokenizer has no adjustable length; "
+                           "leave text_window unset")
+    tokenizer.max_length = size
+    backbone.max_text_length = size
