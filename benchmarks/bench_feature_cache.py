@@ -1,6 +1,6 @@
 """Epoch time of `engine.fit` with and without the frozen-stem cache (trainer/feature_cache.py).
 
-Trains BASE on the `embedded` backbone (EfficientNet-Lite0 + MiniLM-L6, top 2 blocks trainable) on
+Trains BASE (or `--method mcph|tripah|prompthash`) on the `embedded` backbone (EfficientNet-Lite0 + MiniLM-L6, top 2 blocks trainable) on
 N real ODIR-5K fundus photographs (../shared/data/odir5k-256) for 3 epochs, once uncached
 (augmented, decoded every epoch: `feature_cache=False`) and twice cached (a first run that fills
 the cache, then a second run in a sibling folder that finds it warm). Times come from the
@@ -74,8 +74,11 @@ def _run(splits: Splits, folder: Path, cache: bool, args: argparse.Namespace) ->
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=1e-4, num_workers=args.workers,
                         device=args.device, feature_cache=cache, warmup_steps=5, seed=0)
     started = time.perf_counter()
-    fit(ModelConfig(backbone="embedded", bits=[64], embed_dim=256, trainable_top_blocks=args.top), train, splits,
-        folder, progress=lambda e: stamps.append((time.perf_counter(), time.process_time(), e)))
+    labels = sorted({label for s in splits.train for label in s.labels})
+    model_cfg = ModelConfig(method=args.method, backbone="embedded", bits=[64], embed_dim=256,
+                            trainable_top_blocks=args.top, label_names=labels)
+    fit(model_cfg, train, splits, folder,
+        progress=lambda e: stamps.append((time.perf_counter(), time.process_time(), e)))
     out: dict = {"total": time.perf_counter() - started,
                  "cache": next((e for *_, e in stamps if e["event"] == "cache"), None)}
     for clock, name in ((0, ""), (1, "cpu_")):
@@ -94,6 +97,7 @@ def _steady(values: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", default="base", help="base, mcph, tripah or prompthash")
     ap.add_argument("--n", type=int, default=500, help="training images")
     ap.add_argument("--val", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=3)
@@ -129,7 +133,7 @@ def main() -> None:
                     f"{_steady(r['epoch']):.2f} | {fill} | {r['total']:.1f} |")
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
     text = "\n".join([
-        (f"N = {args.n} train + {args.val} val images of {'synthetic JPEGs' if args.synthetic else args.manifest}"
+        (f"Method {args.method}; N = {args.n} train + {args.val} val images of {'synthetic JPEGs' if args.synthetic else args.manifest}"
          f"{' (random weights)' if args.random_weights else ''}, batch {args.batch}, {args.epochs} epochs, "
          f"trainable_top_blocks {args.top}, {args.workers} loader workers, device {args.device} ({device}), "
          f"torch {torch.__version__}, {os.cpu_count()} CPUs visible, {torch.get_num_threads()} torch threads, "
