@@ -87,6 +87,9 @@ def experiment_cmd(ctx: typer.Context, library: LibraryOpt,
                    eval_from_cache: Annotated[bool, typer.Option(
                        "--eval-from-cache", help="Evaluate and audit from the float16 frozen-stem cache: several "
                        "times faster on CPU, codes within ~2e-3 of the full forward.")] = False,
+                   report_only: Annotated[bool, typer.Option(
+                       "--report-only", help="Train nothing: write the report from the runs already finished "
+                       "(with the same settings) in --out.")] = False,
                    as_json: JsonOpt = False) -> None:
     """Run a method x code length x injected noise x seed grid; write report.md, PR plots, run JSONs."""
     from medhash_app.core.experiment import run_experiment
@@ -102,7 +105,8 @@ def experiment_cmd(ctx: typer.Context, library: LibraryOpt,
         command = command_line(ctx)
         with Library.open(library, read_only=True) as lib, cancellable() as cancel:
             outcome = _run_grid(lambda on_event: run_experiment(lib, spec, out, progress=on_event, cancel=cancel,
-                                                                command=command), progress, as_json)
+                                                                command=command, train=not report_only),
+                                progress, as_json)
     except MedHashError as exc:
         if progress == "jsonl":
             emit_jsonl({"event": "error", "item": exc.item, "reason": exc.reason})

@@ -295,3 +295,23 @@ def test_evaluation_from_the_stem_cache_is_close_to_the_full_forward(grid, libra
         assert quick["metrics"][key]["map_all"] == pytest.approx(values["map_all"], abs=0.02), key
     assert quick["audit"]["pairs"] == slow["audit"]["pairs"]
     assert quick["audit"]["precision"] == pytest.approx(slow["audit"]["precision"], abs=0.15)
+
+
+def test_report_only_trains_nothing_and_counts_the_missing_runs(grid, library: Path, tmp_path: Path) -> None:
+    out, _, results, _, _ = grid
+    partial = tmp_path / "partial"
+    (partial / "results").mkdir(parents=True)
+    (partial / "runs").symlink_to(out / "runs", target_is_directory=True)
+    kept = [n for n in results if n.endswith("n00_s0")]  # a grid that finished only its noise-0 runs
+    for name in kept:
+        (partial / "results" / f"{name}.json").write_bytes((out / "results" / f"{name}.json").read_bytes())
+    events: list[dict] = []
+    with Library.open(library, read_only=True) as lib:
+        outcome = run_experiment(lib, _spec(), partial, progress=events.append, train=False)
+    assert outcome.ran == [] and sorted(outcome.skipped) == sorted(kept)
+    assert not [e for e in events if e.get("event") in ("start", "step", "epoch")]
+    assert sorted(p.stem for p in (partial / "results").glob("*.json")) == sorted(kept)
+    report = (partial / "report.md").read_text(encoding="utf-8")
+    assert f"Runs finished: {len(kept)} of 4" in report
+    rows = _tables(report)["mAP@all, noise 20 %"]
+    assert all(cell == "–" for row in rows for key, cell in row.items() if key != "Method")

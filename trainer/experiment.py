@@ -448,8 +448,12 @@ def _cpu_name() -> str:
 
 
 def run_grid(samples: Sequence[Sample], spec: GridSpec, out: str | Path, *, progress: Progress | None = None,
-             cancel: Any = None, command: str = "", data_name: str = "") -> GridOutcome:
-    """Every run of `spec` (finished ones skipped), then report.md and the PR plots from all results."""
+             cancel: Any = None, command: str = "", data_name: str = "", train: bool = True) -> GridOutcome:
+    """Every run of `spec` (finished ones skipped), then report.md and the PR plots from all results.
+
+    `train=False` trains nothing: the report is written from the runs already finished (e.g. by
+    several invocations that each ran part of the grid), and the header counts the missing ones.
+    """
     from trainer.experiment_report import write_report
 
     out = Path(out)
@@ -461,6 +465,8 @@ def run_grid(samples: Sequence[Sample], spec: GridSpec, out: str | Path, *, prog
     results, ran, skipped, cancelled = [], [], [], False
     for index, run in enumerate(runs):
         done_before = (out / "results" / f"{run.name}.json").is_file()
+        if not (train or done_before):
+            continue
         _emit(progress, {"event": "run", "index": index, "total": len(runs), "name": run.name,
                          "status": "skipped" if done_before else "started"})
         result = run_one(samples, spec, run, out, progress=progress, cancel=cancel, data_hash=data_hash)

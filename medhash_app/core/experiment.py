@@ -22,14 +22,15 @@ MIN_PAIRS = 20  # as train_on_library
 
 def run_experiment(library: Library, spec: GridSpec, out: str | Path, *,
                    progress: Callable[[dict[str, Any]], None] | None = None,
-                   cancel: threading.Event | None = None, command: str = "") -> GridOutcome:
-    """Train/evaluate every run of `spec` on the library's cases; report.md in `out`."""
+                   cancel: threading.Event | None = None, command: str = "", train: bool = True) -> GridOutcome:
+    """Train/evaluate every run of `spec` on the library's cases; report.md in `out` (`train=False`:
+    only the report, from the runs already finished)."""
     samples = library_samples(library)
     if len(samples) < MIN_PAIRS:
         raise DataError(str(library.folder), f"only {len(samples)} cases have an image, a report and labels; "
                         f"an experiment needs at least {MIN_PAIRS}")
     return run_grid(samples, spec, out, progress=progress, cancel=cancel, command=command,
-                    data_name=f"library {Path(library.folder).name}")
+                    data_name=f"library {Path(library.folder).name}", train=train)
 
 
 def register_run(session: Any, out: str | Path, run_name: str, *, activate: bool = False) -> int:
