@@ -4,7 +4,6 @@ method's own AdamW parameter groups through the lr schedule, and its preferred t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,7 @@ from trainer.models.mcph import MCPH
 TINY = ModelConfig(backbone="tiny", bits=[16, 32], embed_dim=64, label_names=sorted(SHAPES))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: no thread hand-offs
 
 
 class MetaRecorder(BaseHashing):

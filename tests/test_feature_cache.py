@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,7 @@ TINY = ModelConfig(backbone="tiny", bits=[16, 32], embed_dim=64, label_names=sor
 FP16_TOL = 2e-3  # codes from float16 stems vs float32 stems (measured: ~1e-4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: no thread hand-offs
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,7 @@ FILLER = ["the", "lungs", "are", "clear", "bilaterally", "without", "focal", "co
 IMPRESSION = "Moderate cardiomegaly with small bilateral pleural effusions."
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: no thread hand-offs
 
 
 def long_report(words: int = 60, seed: int = 0) -> str:

@@ -31,12 +31,7 @@ def _model(components: dict | None = None, seed: int = 0, **options) -> MCPH:
     return build_model(_cfg("mcph", components, **options)).eval()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # these small models run faster without thread hand-offs on 2 cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: no thread hand-offs
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,7 @@ from trainer.data.splits import Splits, make_splits
 from trainer.engine import _labels_matrix, encode_dataset, fit, mean_average_precision
 from trainer.errors import TrainingError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: no thread hand-offs
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -13,14 +11,7 @@ from trainer.errors import MedHashError
 from trainer.models import available_methods, build_backbone, build_model
 from trainer.models.towers import TokenTower
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded (and are not slowed by other busy cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: no thread hand-offs
 
 
 def _tiny_model(**kw) -> nn.Module:
