@@ -208,7 +208,7 @@ def timing_table(results: Results) -> list[str]:
     return ["## Time per run", "",
             ("Train s/epoch: wall time of the epoch loop (validation included, frozen-stem cache fill shown "
              "apart) / epochs run in that call. Encode ms/pair: one image + its report, in batches, query and "
-             "retrieval splits, images read from disk."), "", *table(header, rows), ""]
+             "retrieval splits, images read from disk (from the frozen-stem cache with `--eval-from-cache`)."), "", *table(header, rows), ""]
 
 
 # ---- plots ---------------------------------------------------------------------------------------
