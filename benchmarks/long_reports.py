@@ -301,7 +301,7 @@ def write_report(path: Path, args: argparse.Namespace, stats: dict[str, Any], sp
         f"Setup: backbone `{args.backbone}`, text window {w} tokens (`ModelConfig.text_window`; the tower's own "
         f"limit is {stats['limit']}), code lengths {', '.join(map(str, args.bits))} trained together, {args.epochs} "
         "epochs, the method's default lr / batch size unless the command sets them, frozen-stem feature cache "
-        "on (one folder per mode), model selected on the validation split, evaluated with "
+        "on (one folder shared by the modes), model selected on the validation split, evaluated with "
         "`trainer.experiment.evaluate_in_memory` (mAP@all over the retrieval split; codes from the cached "
         "float16 stems where the model can use them).")
     report.heading("Report lengths (tokens of the tower's own tokenizer, special tokens included)")
