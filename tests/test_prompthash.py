@@ -26,12 +26,7 @@ TEXTS = ["there is a circle at the left of the picture", "a square", "triangle a
 SWITCHES = ("taap", "agsf", "pacl")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: no thread hand-offs
 
 
 def make_model(components=None, options=None, seed=0, bits=(16, 32), labels=LABELS):

@@ -32,13 +32,7 @@ METAS = [{"age": 64, "sex": "F", "view": "PA"}, None, {"eye": "left", "age": "07
 SWITCHES = ("triview", "iahash", "context_prompt", "visual_prompt")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run fastest single-threaded (and do not fight the other test processes)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: no thread hand-offs
 
 
 def make_model(components=None, options=None, seed=0, bits=(16, 32), labels=LABELS):
