@@ -43,7 +43,7 @@ import torch
 from trainer.data.dataset import make_loader
 from trainer.data.manifest import Sample
 from trainer.data.noise import NoiseRecord, apply_noise
-from trainer.engine import encode_dataset
+from trainer.engine import encode_dataset, stem_kwargs
 from trainer.errors import DataError
 from trainer.feature_cache import FeatureCache
 from trainer.models.hashing import HashingModel
@@ -157,9 +157,7 @@ def embed_pairs(model: HashingModel, samples: Sequence[Sample], *, batch_size: i
     try:
         for batch in loader:
             batch = batch.to(device)
-            img_stem, txt_stem = model.batch_stems(batch)
-            img_kw = {} if img_stem is None else {"stem": img_stem}
-            txt_kw = {} if txt_stem is None else {"stem": txt_stem}
+            img_kw, txt_kw = stem_kwargs(model, batch)
             images.append(model.embed_image(batch.images, meta=batch.extras.get("meta"), **img_kw)
                           .float().cpu().numpy())
             texts.append(model.embed_text(batch.tokens, **txt_kw).float().cpu().numpy())

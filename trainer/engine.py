@@ -250,11 +250,16 @@ def encode_dataset(
 def encode_batch(model: HashingModel, batch: Batch) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """(image codes, text codes) of a batch, each from its own modality (the image with its own
     meta), starting from the cached stems when the batch carries them."""
-    img_stem, txt_stem = model.batch_stems(batch)
-    img_kw: dict[str, Any] = {} if img_stem is None else {"stem": img_stem}
-    txt_kw: dict[str, Any] = {} if txt_stem is None else {"stem": txt_stem}
+    img_kw, txt_kw = stem_kwargs(model, batch)
     return (model.encode_image(batch.images, meta=batch.extras.get("meta"), **img_kw),
             model.encode_text(batch.tokens, **txt_kw))
+
+
+def stem_kwargs(model: HashingModel, batch: Batch) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments (image side, text side) that start a model's forward from the cached stems
+    a batch carries (`stem=`), empty for a modality computed from its input."""
+    img_stem, txt_stem = model.batch_stems(batch)
+    return ({} if img_stem is None else {"stem": img_stem}), ({} if txt_stem is None else {"stem": txt_stem})
 
 
 def validate(model: HashingModel, samples: Sequence[Sample], batch_size: int, device: torch.device, *,
