@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer_synth import make_samples
+from tests.trainer_synth import make_samples, tiny_model
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data.dataset import Batch
 from trainer.data.splits import make_splits
 from trainer.engine import fit, mean_average_precision
 from trainer.errors import MedHashError
-from trainer.models import build_model
 from trainer.models.fusion import AGSF
 from trainer.models.prompthash import affinity, class_prompt_names
 
@@ -30,10 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: no thre
 
 
 def make_model(components=None, options=None, seed=0, bits=(16, 32), labels=LABELS):
-    torch.manual_seed(seed)
-    cfg = ModelConfig(method="prompthash", backbone="tiny", bits=list(bits), embed_dim=16, label_names=list(labels),
-                      components=dict(components or {}), options=dict(options or {}))
-    return build_model(cfg)
+    return tiny_model("prompthash", labels, components, options, seed, bits)
 
 
 def make_batch(model, n=6, seed=0):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer_synth import make_samples
+from tests.trainer_synth import make_samples, tiny_model
 from trainer import losses
 from trainer.checkpoint import load_checkpoint
 from trainer.config import ModelConfig, TrainConfig
@@ -21,7 +21,6 @@ from trainer.data.labels import ODIR_CLASSES
 from trainer.data.splits import make_splits
 from trainer.engine import encode_dataset, fit, mean_average_precision
 from trainer.errors import MedHashError
-from trainer.models import build_model
 from trainer.models.fusion import GRN, TriViewFusion
 
 LABELS = ["circle", "square", "triangle"]
@@ -36,10 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: no thre
 
 
 def make_model(components=None, options=None, seed=0, bits=(16, 32), labels=LABELS):
-    torch.manual_seed(seed)
-    cfg = ModelConfig(method="tripah", backbone="tiny", bits=list(bits), embed_dim=16, label_names=list(labels),
-                      components=dict(components or {}), options=dict(options or {}))
-    return build_model(cfg)
+    return tiny_model("tripah", labels, components, options, seed, bits)
 
 
 def tokenize(model, texts, metas=None):

@@ -46,3 +46,16 @@ def make_samples(folder: Path, n: int = 60, seed: int = 0, per_patient: int = 2)
         samples.append(Sample(id=f"s{i:03d}", image_path=str(path), report=report, labels=[shape],
                               patient_id=f"p{i // per_patient:03d}"))
     return samples
+
+
+def tiny_model(method: str, labels, components=None, options=None, seed: int = 0, bits=(16, 32)):
+    """A seeded `method` model on the tiny backbone (embed_dim 16) for fast unit tests."""
+    import torch
+
+    from trainer.config import ModelConfig
+    from trainer.models import build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(method=method, backbone="tiny", bits=list(bits), embed_dim=16, label_names=list(labels),
+                      components=dict(components or {}), options=dict(options or {}))
+    return build_model(cfg)
