@@ -219,11 +219,13 @@ def encode_dataset(
     num_workers: int = 0,
     captions: Mapping[str, str] | None = None,
     cache: FeatureCache | None = None,
+    reports: bool = True,
 ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Continuous codes (float32, (N, bits)) of every sample's image and report, in sample order.
 
     Images are encoded with their image-side metadata (and caption from `captions`, if given).
     `cache`: a FeatureCache already prepared for these samples; the forward starts from its stems.
+    `reports=False` encodes the images only (the report dict comes back empty).
     """
     backbone = backbone or model.backbone
     device = torch.device(device)
@@ -239,12 +241,18 @@ def encode_dataset(
     try:
         for batch in loader:
             batch = batch.to(device)
-            for store, codes in zip((img, txt), encode_batch(model, batch), strict=True):
+            if reports:
+                encoded = encode_batch(model, batch)
+            else:
+                img_kw, _ = stem_kwargs(model, batch)
+                encoded = (model.encode_image(batch.images, meta=batch.extras.get("meta"), **img_kw), {})
+            for store, codes in zip((img, txt), encoded, strict=True):
                 for b, c in codes.items():
                     store[b].append(c.float().cpu().numpy())
     finally:
         model.train(was_training)
-    return ({b: np.concatenate(v) for b, v in img.items()}, {b: np.concatenate(v) for b, v in txt.items()})
+    return ({b: np.concatenate(v) for b, v in img.items()},
+            {b: np.concatenate(v) for b, v in txt.items() if v})
 
 
 def encode_batch(model: HashingModel, batch: Batch) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:

@@ -302,7 +302,7 @@ def evaluate_in_memory(model: Any, splits: Splits, *, batch_size: int = 64, devi
     if getattr(model, "uses_captions", False):
         with model.captions_withheld():
             bare, _ = encode_dataset(model, pairs, batch_size=batch_size, device=device, num_workers=num_workers,
-                                     cache=cache)
+                                     cache=cache, reports=False)  # report codes never see a caption
         out["metrics_without_captions"] = _metrics(bare, text, labels, q_idx, db_idx)[0]
     return out
 
