@@ -19,6 +19,8 @@ from typing import Annotated
 import typer
 
 from medhash_app.cli_support import (
+    JsonOpt,
+    LibraryOpt,
     Stopwatch,
     cancellable,
     console,
@@ -35,8 +37,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=
 index_app = typer.Typer(help="Inspect or rebuild the FAISS caches of a library.")
 app.add_typer(index_app, name="index")
 
-LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 ModelOpt = Annotated[int | None, typer.Option("--model", help="Model id (default: the active model).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 

@@ -10,11 +10,8 @@ from typing import Annotated
 
 import typer
 
-from medhash_app.cli_support import console, emit_json, fail
+from medhash_app.cli_support import JsonOpt, LibraryOpt, console, emit_json, fail
 from medhash_app.core.errors import MedHashError
-
-LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
 def captions_cmd(file: Annotated[Path, typer.Argument(help="Captions file (.jsonl or .csv: id and/or image, "

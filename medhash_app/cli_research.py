@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 
 from medhash_app.cli_support import (
+    JsonOpt,
+    LibraryOpt,
     cancellable,
     console,
     emit_json,
@@ -21,9 +23,6 @@ from medhash_app.cli_support import (
     progress_bar,
 )
 from medhash_app.core.errors import MedHashError
-
-LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
 def audit_cmd(library: LibraryOpt,

@@ -12,13 +12,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from medhash_app.core.errors import MedHashError
+
+# Options every command spells the same way (cli.py, cli_research.py, cli_captions.py).
+LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Library folder.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
 
 console = Console(stderr=True)
 
