@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from medhash_app.core.errors import InvalidReportError, MedHashError, ModelError
+from medhash_app.core.library import Library
 from medhash_app.core.search import SearchFilters, SearchQuery
 from medhash_app.core.session import MedHashSession
 from trainer.evaluate import hamming_distances
@@ -170,3 +171,17 @@ def test_a_copied_library_uses_its_own_model(tiny_library: Path, tmp_path: Path)
     with MedHashSession(copy, device="cpu") as moved:
         assert Path(moved.active_model()["checkpoint_path"]).is_relative_to(copy)
         assert [(h.distance, h.case["id"]) for h in moved.search(query).hits] == expected
+
+
+def test_codes_rewritten_by_another_process_are_read_again(session: MedHashSession) -> None:
+    """An app left open while `medhash encode` rewrites codes (same count) must not rank old codes."""
+    text = "Large left pleural effusion. Heart size is enlarged."
+    first = session.search(SearchQuery(text=text, k=10))
+    model = session.active_model()
+    ids, codes = session.library.get_codes(model["id"], "image", first.bits)
+    with Library.open(session.library.folder) as other:  # a second connection, as another process has
+        other.put_codes(model["id"], "image", first.bits, list(ids), np.ascontiguousarray(codes[::-1]))
+    again = session.search(SearchQuery(text=text, k=10))
+    code = session.encoders.get(model).encode_texts([text]).codes[first.bits][0]
+    assert [(h.distance, h.case["id"]) for h in again.hits] == _brute_force(session, code, "image", first.bits)[:10]
+    assert [h.case["id"] for h in again.hits] != [h.case["id"] for h in first.hits]

@@ -70,6 +70,12 @@ class LibraryBase:
             raise library_error(self.folder, exc) from exc
         return row[0] if row else None
 
+    def data_version(self) -> int:
+        """SQLite's `PRAGMA data_version` of this connection: it changes whenever ANOTHER connection
+        (another process: `medhash encode`, the trainer) commits to the library, so readers that keep
+        codes in memory know when to read them again."""
+        return int(self._scalar("PRAGMA data_version"))
+
     def close(self) -> None:
         self.db.close()
 

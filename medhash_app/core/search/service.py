@@ -73,6 +73,7 @@ class SearchService:
         self.indexes = BinaryIndexCache(library.folder)
         self.index_kind = index_kind
         self._loaded: dict[str, LoadedCodes] = {}
+        self._data_version: int | None = None  # the library's data_version when _loaded was filled
 
     # -- public -------------------------------------------------------------------------------
     def search(self, query: SearchQuery, model_id: int | None = None) -> SearchResult:
@@ -118,8 +119,14 @@ class SearchService:
         return "text", encoded, labels_from_report(query.text or "", domain)
 
     def warm(self, model_id: int, modality: str, bits: int) -> LoadedCodes:
-        """The codes and their FAISS index, read from SQLite once per session and kept in memory."""
+        """The codes and their FAISS index, read from SQLite once and kept in memory until they change:
+        writes through this session call `invalidate`, writes by other processes change the
+        library's data_version, and a changed count is caught either way."""
         key = f"m{model_id}-{modality}-{bits}"
+        version = self.library.data_version()
+        if version != self._data_version:  # another process wrote to the library: re-read the codes
+            self._loaded.clear()
+            self._data_version = version
         count = self.library.count_codes(model_id, modality, bits)
         cached = self._loaded.get(key)
         if cached is None or len(cached.ids) != count:
