@@ -92,6 +92,10 @@ def test_the_grid_trains_one_model_per_method_noise_and_seed(grid) -> None:
         assert (out / r["checkpoint"] / "model.safetensors").is_file()
         assert not (out / "runs" / r["name"] / "last").exists()
     assert _result(results, "mcph", 0.2)["noise_handling"] == "adaptive_temperature"
+    for r in results.values():  # one-query latency, batch 1, the first query of each kind not counted
+        query = r["timing"]["query_ms"]
+        assert query["queries"] == min(21, r["splits"]["query"]) - 1 > 0
+        assert query["image_ms"] > 0 and query["text_ms"] > 0 and query["device"] == "cpu"
     assert _result(results, "base", 0.0)["audit"] is None
     assert [e["name"] for e in events if e.get("event") == "run" and e["status"] == "started"] == outcome.ran
     assert models_after == []  # nothing registered, nothing activated
@@ -123,6 +127,8 @@ def test_report_tables_hold_the_measured_numbers(grid) -> None:
     assert set(timing) == set(results)
     for name, r in results.items():
         assert timing[name]["Encode ms/pair"] == f"{r['timing']['encode_ms_per_pair']:.2f}"
+        assert timing[name]["Query ms: image"] == f"{r['timing']['query_ms']['image_ms']:.1f}"
+        assert timing[name]["Query ms: report"] == f"{r['timing']['query_ms']['text_ms']:.1f}"
         assert float(timing[name]["Train s/epoch"]) > 0
     rare = tables["Rare classes, noise 0 %"]
     classes = _result(results, "base", 0.0)["per_class"]["classes"]
@@ -315,3 +321,20 @@ def test_report_only_trains_nothing_and_counts_the_missing_runs(grid, library: P
     assert f"Runs finished: {len(kept)} of 4" in report
     rows = _tables(report)["mAP@all, noise 20 %"]
     assert all(cell == "–" for row in rows for key, cell in row.items() if key != "Method")
+
+
+def test_report_only_measures_query_latency_of_runs_made_before_it_existed(grid, library: Path, tmp_path: Path) -> None:
+    out, *_ = grid
+    older = tmp_path / "older"
+    (older / "results").mkdir(parents=True)
+    (older / "runs").symlink_to(out / "runs", target_is_directory=True)
+    name = "base_n00_s0"
+    result = json.loads((out / "results" / f"{name}.json").read_text(encoding="utf-8"))
+    del result["timing"]["query_ms"]  # as a run finished by an older version of the grid
+    (older / "results" / f"{name}.json").write_text(json.dumps(result), encoding="utf-8")
+    with Library.open(library, read_only=True) as lib:
+        run_experiment(lib, _spec(), older, train=False)
+    saved = json.loads((older / "results" / f"{name}.json").read_text(encoding="utf-8"))["timing"]["query_ms"]
+    assert saved["queries"] == min(21, result["splits"]["query"]) - 1 and saved["image_ms"] > 0
+    row = {r["Run"]: r for r in _tables((older / "report.md").read_text(encoding="utf-8"))["Time per run"]}[name]
+    assert row["Query ms: image"] == f"{saved['image_ms']:.1f}"

@@ -41,7 +41,7 @@ from trainer.audit import audit_noisy_pairs
 from trainer.checkpoint import load_checkpoint
 from trainer.config import DEFAULT_COMPONENTS, NOISE_HANDLINGS, ModelConfig, TrainConfig
 from trainer.data.manifest import Sample
-from trainer.data.splits import Splits, make_splits, save_splits
+from trainer.data.splits import Splits, load_splits, make_splits, save_splits
 from trainer.distributed import resolve_device
 from trainer.engine import apply_method_defaults, encode_dataset, fit
 from trainer.errors import DataError
@@ -307,6 +307,39 @@ def evaluate_in_memory(model: Any, splits: Splits, *, batch_size: int = 64, devi
     return out
 
 
+QUERY_LATENCY_SAMPLES = 21  # the first of each kind warms up and is not counted
+
+
+def query_latency(model: Any, queries: Sequence[Sample], device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Median ms to encode ONE query as the app does: batch 1, full forward, the image decoded from
+    its file (with its metadata and, for MCPH, its built-in caption), the report tokenized.
+
+    Why apart from `encode_ms_per_pair`: that one is batched and, with `--eval-from-cache`, starts
+    from cached stems; a radiologist's query pays the whole forward (TriPAH's Table III reports this).
+    """
+    device = torch.device(device)
+    picked = list(queries[:QUERY_LATENCY_SAMPLES])
+    tokenizer, image_ms, text_ms = model.backbone.tokenizer, [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for sample in picked:
+                started = time.perf_counter()
+                encode_dataset(model, [sample], batch_size=1, device=device, reports=False)
+                image_ms.append((time.perf_counter() - started) * 1000.0)
+                started = time.perf_counter()
+                tokens = {k: v.to(device) if torch.is_tensor(v) else v for k, v in tokenizer([sample.report]).items()}
+                model.encode_text(tokens)
+                text_ms.append((time.perf_counter() - started) * 1000.0)
+    finally:
+        model.train(was_training)
+    counted = slice(1, None) if len(picked) > 1 else slice(None)
+    return {"image_ms": float(np.median(image_ms[counted])) if picked else None,
+            "text_ms": float(np.median(text_ms[counted])) if picked else None,
+            "queries": len(image_ms[counted]), "threads": torch.get_num_threads(), "device": str(device)}
+
+
 def _metrics(image: dict[int, np.ndarray], text: dict[int, np.ndarray], labels: np.ndarray, q_idx: np.ndarray,
              db_idx: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics, PR curves) per direction and code length, keyed "i2t@16"."""
@@ -415,6 +448,7 @@ def _evaluate_run(best: Path, splits: Splits, run: GridRun, train_cfg: TrainConf
     cache = _eval_cache(model, splits, spec, train_cfg, device)
     evaluation = evaluate_in_memory(model, splits, batch_size=train_cfg.batch_size, device=device,
                                     num_workers=spec.num_workers, cache=cache)
+    latency = query_latency(model, splits.query, device)
     audit = None
     if run.noise_rate > 0 and (run_dir / "noise.json").is_file():
         audit = audit_noisy_pairs(model, splits.train, run_dir / "noise.json", top_fraction=spec.top_fraction,
@@ -423,7 +457,20 @@ def _evaluate_run(best: Path, splits: Splits, run: GridRun, train_cfg: TrainConf
             "metrics_without_captions": evaluation.get("metrics_without_captions"),
             "audit": audit, "machine": machine_info(device),
             "timing": {"encode_ms_per_pair": evaluation["encode_ms_per_pair"], "epochs": train_cfg.epochs,
-                       "batch_size": train_cfg.batch_size}}
+                       "batch_size": train_cfg.batch_size, "query_ms": latency}}
+
+
+def _with_query_latency(result: dict[str, Any], samples: Sequence[Sample], spec: GridSpec, out: Path) -> dict[str, Any]:
+    """A finished run's result, with `timing.query_ms` measured now (and saved) when it was made
+    before the grid measured query latency and its checkpoint is still on disk; else unchanged."""
+    best, splits_file = out / result.get("checkpoint", ""), out / "runs" / result["name"] / "splits.json"
+    if result["timing"].get("query_ms") or not (best.is_dir() and splits_file.is_file()):
+        return result
+    device = resolve_device(spec.device)
+    model, _, _ = load_checkpoint(best, device=str(device))
+    result["timing"]["query_ms"] = query_latency(model, load_splits(splits_file, samples).query, device)
+    _write_json(out / "results" / f"{result['name']}.json", result)
+    return result
 
 
 # ---- the whole grid ------------------------------------------------------------------------------
@@ -473,6 +520,8 @@ def run_grid(samples: Sequence[Sample], spec: GridSpec, out: str | Path, *, prog
         if result is None:
             cancelled = True
             break
+        if done_before:
+            result = _with_query_latency(result, samples, spec, out)
         results.append(result)
         (skipped if done_before else ran).append(run.name)
         _emit(progress, {"event": "run", "index": index + 1, "total": len(runs), "name": run.name,
@@ -489,5 +538,5 @@ def _emit(progress: Progress | None, event: dict[str, Any]) -> None:
 
 
 __all__ = ["EVAL_K", "GridOutcome", "GridRun", "GridSpec", "Variant", "evaluate_in_memory",
-           "fingerprint", "machine_info", "method_components", "parse_list", "parse_methods", "per_class_ap", "run_configs", "run_grid",
+           "fingerprint", "machine_info", "method_components", "parse_list", "parse_methods", "per_class_ap", "query_latency", "run_configs", "run_grid",
            "run_one", "samples_hash"]

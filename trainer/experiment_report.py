@@ -201,14 +201,22 @@ def timing_table(results: Results) -> list[str]:
         return "–" if value is None else format(value, fmt)
 
     machines = sorted({r.get("machine", "") for r in results})
-    rows = [[r["name"], num(r["timing"].get("train_s_per_epoch"), ".2f"), str(r["fit"]["epochs_run"]),
-             num(r["timing"].get("cache_fill_s"), ".1f"), num(r["timing"].get("encode_ms_per_pair"), ".2f")]
-            + ([r.get("machine", "")] if len(machines) > 1 else []) for r in results]
-    header = ["Run", "Train s/epoch", "Epochs", "Cache fill s", "Encode ms/pair"] + (["Machine"] if len(machines) > 1 else [])
+    rows = []
+    for r in results:
+        query = r["timing"].get("query_ms") or {}
+        rows.append([r["name"], num(r["timing"].get("train_s_per_epoch"), ".2f"), str(r["fit"]["epochs_run"]),
+                     num(r["timing"].get("cache_fill_s"), ".1f"), num(r["timing"].get("encode_ms_per_pair"), ".2f"),
+                     num(query.get("image_ms"), ".1f"), num(query.get("text_ms"), ".1f")]
+                    + ([r.get("machine", "")] if len(machines) > 1 else []))
+    header = (["Run", "Train s/epoch", "Epochs", "Cache fill s", "Encode ms/pair", "Query ms: image", "Query ms: report"]
+              + (["Machine"] if len(machines) > 1 else []))
     return ["## Time per run", "",
             ("Train s/epoch: wall time of the epoch loop (validation included, frozen-stem cache fill shown "
              "apart) / epochs run in that call. Encode ms/pair: one image + its report, in batches, query and "
-             "retrieval splits, images read from disk (from the frozen-stem cache with `--eval-from-cache`)."), "", *table(header, rows), ""]
+             "retrieval splits, images read from disk (from the frozen-stem cache with `--eval-from-cache`). "
+             "Query ms: median time to encode one query as the app does (batch 1, full forward, the image "
+             "decoded from its file; the first of 21 queries warms up), measured after training or, for a run "
+             "made before this column existed, when the report was written."), "", *table(header, rows), ""]
 
 
 # ---- plots ---------------------------------------------------------------------------------------
