@@ -66,6 +66,15 @@ class TrainOutcome:
                 "history": self.history}
 
 
+def method_switches() -> dict[str, dict[str, bool]]:
+    """{method: {component switch: default}} for every method the trainer registers: what the trainer
+    tab offers and `medhash train --components` accepts (imports every method: call it off the GUI thread)."""
+    from trainer.experiment import method_components
+    from trainer.models import available_methods
+
+    return {m: method_components(m) for m in available_methods()}
+
+
 def library_samples(library: Any) -> list[Sample]:
     """Cases usable for cross-modal training/evaluation: an image, a report and labels.
 

@@ -37,6 +37,7 @@ from medhash_app.ui.settings import AppSettings
 from medhash_app.ui.themes import current_theme, set_role
 from medhash_app.ui.training_process import TrainingProcess, TrainOptions, total_loss, val_map_value
 from medhash_app.ui.workers import JobRunner
+from trainer.config import DEFAULT_COMPONENTS, NOISE_HANDLINGS
 
 METHOD_TITLES = {"base": "BASE", "mcph": "MCPH", "tripah": "TriPAH", "prompthash": "PromptHash"}
 BITS_CHOICES = (16, 32, 64, 128)
@@ -44,50 +45,19 @@ BACKBONES = (("embedded", "Embedded (EfficientNet-Lite0 + MiniLM)"), ("tiny", "T
 NOISE_TITLES = {"none": "None", "adaptive_temperature": "Adaptive temperature (MCPH)"}
 
 
-def available_methods() -> list[str]:
-    """Methods the trainer's registry offers; just "base" when the registry is not there."""
-    try:
-        from trainer import models
-    except ImportError:
-        return ["base"]
-    for name in ("available_methods", "METHODS", "REGISTRY", "METHOD_REGISTRY"):
-        value = getattr(models, name, None)
-        if callable(value):
-            value = value()
-        if value:
-            return [str(m).lower() for m in value]
-    return ["base"]
-
-
 def common_components() -> dict[str, bool]:
-    try:
-        from trainer.config import DEFAULT_COMPONENTS
-    except ImportError:
-        return {}
+    """The switches every method reads, shown until the trainer's registry has loaded."""
     return dict(DEFAULT_COMPONENTS)
 
 
-def method_components(method: str) -> dict[str, bool]:
-    """Component switches for `method` with their defaults (trainer's registry, else the common set)."""
-    try:
-        from trainer import models
-    except ImportError:
-        return common_components()
-    specific = getattr(models, "method_components", None)
-    return {**common_components(), **specific(method)} if callable(specific) else common_components()
-
-
 def read_registry() -> dict[str, dict[str, bool]]:
-    """{method: component switches} for every method the trainer offers (imports torch: run it
-    off the GUI thread)."""
-    return {m: method_components(m) for m in available_methods()}
+    """{method: component switches} of every registered method (imports torch: run it off the GUI thread)."""
+    from medhash_app.core.training import method_switches
+
+    return method_switches()
 
 
 def noise_handlings() -> tuple[str, ...]:
-    try:
-        from trainer.config import NOISE_HANDLINGS
-    except ImportError:
-        return ("none",)
     return tuple(NOISE_HANDLINGS)
 
 

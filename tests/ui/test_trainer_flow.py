@@ -55,3 +55,20 @@ def test_train_one_epoch_from_the_tab_then_make_it_active(qtbot, open_library, w
         tab.activate_button.click()
     qtbot.waitUntil(lambda: window.state.info.model["id"] == done["model_id"], timeout=20_000)
     assert "16 bits" in window.model_label.text()
+
+
+@pytest.mark.parametrize(("method", "switch"), [("mcph", "vpl"), ("tripah", "triview"), ("prompthash", "agsf")])
+def test_each_method_offers_its_own_ablation_switches(qtbot, window, tmp_path: Path, method: str, switch: str) -> None:
+    """The paper's ablation switches (Tables 3-4 of MCPH, IV of TriPAH, PromptHash's) reach the command line."""
+    from medhash_app.core.training import method_switches
+
+    tab = window.trainer_tab
+    qtbot.waitUntil(lambda: len(tab._registry) > 1, timeout=60_000)  # the registry loads off the GUI thread
+    tab.method.setCurrentIndex(tab.method.findData(method))
+    assert set(tab.component_boxes) == set(method_switches()[method])
+    assert switch in tab.component_boxes and tab.component_boxes[switch].isChecked()
+    tab.component_boxes[switch].setChecked(False)
+    window.state.info.library_dir = tmp_path
+    args = tab.options().to_args()
+    assert args[args.index("--method") + 1] == method
+    assert f"{switch}=off" in args[args.index("--components") + 1].split(",")
