@@ -42,8 +42,8 @@ class _SelectiveScan(torch.autograd.Function):
     dL/d(dt_t u_t) = g_t . B_t, dL/dB_t = sum_d g_t (dt_t u_t), dL/dC_t = sum_d h_t dL/dy_t and
     dL/d(dt_t A) = g_t * h_{t-1} * dA_t. Why by hand: autograd of a Python loop allocates fresh
     (b, d, n) tensors per token and keeps a dozen full (l, b, d, n) temporaries; here each pass
-    writes into two buffers allocated once, a handful of temporaries of the same size come and go. On CPU
-    that is several times faster for the same arithmetic (benchmarks/results/ssm_scan.md).
+    writes its recurrence into one buffer allocated once. On CPU that is about 3x faster for the
+    same arithmetic (benchmarks/results/ssm_scan.md).
     Shapes: dt, u_dt (l, b, d); A (d, n); B, C (l, b, g, n) with g groups (1 = shared by all d).
     """
 
