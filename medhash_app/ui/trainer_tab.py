@@ -57,10 +57,6 @@ def read_registry() -> dict[str, dict[str, bool]]:
     return method_switches()
 
 
-def noise_handlings() -> tuple[str, ...]:
-    return tuple(NOISE_HANDLINGS)
-
-
 REPORT_COLUMNS = (("map_all", "mAP@all"), ("map@10", "mAP@10"), ("map@100", "mAP@100"), ("p@10", "P@10"),
                   ("random_map_all", "chance mAP"), ("queries", "queries"), ("database", "database"))
 DIRECTION_TITLES = {"i2t": "image → report", "t2i": "report → image", "i2i": "image → image",
@@ -184,7 +180,7 @@ class TrainerTab(QWidget):
         self.lr.setAccessibleName("Learning rate")
         self.noise_handling = QComboBox(self)
         self.noise_handling.setAccessibleName("Noise handling")
-        for key in noise_handlings():
+        for key in NOISE_HANDLINGS:
             self.noise_handling.addItem(NOISE_TITLES.get(key, key), key)
         self.noise_rate = QLabeledDoubleSlider(Qt.Orientation.Horizontal, self)
         self.noise_rate.setRange(0.0, 0.9)
