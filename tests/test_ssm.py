@@ -114,6 +114,13 @@ def test_batch_chunks_change_nothing(monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+def test_batch_is_split_on_cpu_only():
+    """The 8 MiB split is a CPU allocator matter: on a GPU each split would multiply the per-token
+    kernel launches, so the whole batch goes in one call there."""
+    assert ssm._batch_chunk(85, 128, 512, 16, 4) == 3  # 85 * 512 * 16 * 4 B = 2.7 MiB per sample
+    assert ssm._batch_chunk(85, 128, 512, 16, 4, on_cpu=False) == 128
+
+
 def test_mamba_block_same_alone_and_in_a_padded_batch():
     torch.manual_seed(0)
     block = MambaBlock(16, d_state=4, backend="torch").eval()

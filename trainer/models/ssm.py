@@ -89,13 +89,18 @@ class _SelectiveScan(torch.autograd.Function):
 _SCAN_BUFFER_BYTES = 8 << 20
 
 
-def _batch_chunk(length: int, batch: int, d: int, n: int, itemsize: int) -> int:
-    """Samples per `_SelectiveScan` call so that each (l, b, d, n) buffer stays under 8 MiB.
+def _batch_chunk(length: int, batch: int, d: int, n: int, itemsize: int, on_cpu: bool = True) -> int:
+    """Samples per `_SelectiveScan` call: on CPU so that each (l, b, d, n) buffer stays under 8 MiB,
+    elsewhere the whole batch.
 
     Why: glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh mmaps that are
     page-faulted in on every call; smaller blocks are reused from the heap. Samples are independent,
-    so splitting the batch changes nothing but speed.
+    so splitting the batch changes nothing but speed. A GPU's caching allocator has no such cost,
+    and there every split multiplies the per-token kernel launches that bound the scan (at batch 128
+    and 85 tokens the split made it 10x slower on an H100, benchmarks/results/ssm_kernel.md).
     """
+    if not on_cpu:
+        return batch
     return max(1, min(batch, _SCAN_BUFFER_BYTES // max(1, length * d * n * itemsize)))
 
 
@@ -121,7 +126,7 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
         delta = F.softplus(delta)
     dt, ut = delta.permute(2, 0, 1).contiguous(), u.permute(2, 0, 1)  # (l, b, d)
     Bt, Ct, At = _time_major_bc(B.to(work)), _time_major_bc(C.to(work)), A.to(work).contiguous()
-    step = _batch_chunk(*dt.shape, A.shape[1], dt.element_size())
+    step = _batch_chunk(*dt.shape, A.shape[1], dt.element_size(), on_cpu=dt.device.type == "cpu")
     y = torch.cat([_SelectiveScan.apply(dt[:, i:i + step], dt[:, i:i + step] * ut[:, i:i + step], At,
                                         Bt[:, i:i + step], Ct[:, i:i + step])
                    for i in range(0, dt.shape[1], step)], dim=1).permute(1, 2, 0)  # (b, d, l)
