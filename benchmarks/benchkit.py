@@ -79,8 +79,10 @@ def machine_lines() -> list[str]:
              f"- Python {platform.python_version()}"]
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
+        cuda = torch.cuda.is_initialized()
+        used = f"yes ({torch.cuda.get_device_name()})" if cuda else "no"
         lines[-1] += (f"; torch {torch.__version__} ({torch.get_num_threads()} intra-op threads, "
-                      f"{torch.get_num_interop_threads()} inter-op); CUDA used: no")
+                      f"{torch.get_num_interop_threads()} inter-op); CUDA used: {used}")
     return lines
 
 
