@@ -45,6 +45,11 @@ BACKBONES = (("embedded", "Embedded (EfficientNet-Lite0 + MiniLM)"), ("tiny", "T
 NOISE_TITLES = {"none": "None", "adaptive_temperature": "Adaptive temperature (MCPH)"}
 
 
+def method_title(key: str) -> str:
+    """The paper's spelling of a method; a method registered later shows under its own key."""
+    return METHOD_TITLES.get(key, key)
+
+
 def common_components() -> dict[str, bool]:
     """The switches every method reads, shown until the trainer's registry has loaded."""
     return dict(DEFAULT_COMPONENTS)
@@ -135,7 +140,11 @@ class TrainerTab(QWidget):
         job.succeeded.connect(self._on_registry)
 
     def _apply_registry(self, registry: dict[str, dict[str, bool]]) -> None:
-        """Enable the methods the trainer offers; the others stay visible but greyed out."""
+        """Enable the methods the trainer offers (adding any it registers beyond the known four); the
+        others stay visible but greyed out."""
+        for key in registry:
+            if self.method.findData(key) < 0:
+                self.method.addItem(method_title(key), key)
         for index in range(self.method.count()):
             item = self.method.model().item(index)
             offered = self.method.itemData(index) in registry
@@ -385,7 +394,7 @@ class TrainerTab(QWidget):
         self._started = time.perf_counter()
         self._append_log("$ medhash " + " ".join(options.to_args()[3:]))
         self.process.start(options)
-        self.status_label.setText(("Resuming" if resume else "Starting") + f" {METHOD_TITLES[options.method]} "
+        self.status_label.setText(("Resuming" if resume else "Starting") + f" {method_title(options.method)} "
                                   f"training on {options.device}…")
         self._update_enabled()
         return True

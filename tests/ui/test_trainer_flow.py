@@ -72,3 +72,18 @@ def test_each_method_offers_its_own_ablation_switches(qtbot, window, tmp_path: P
     args = tab.options().to_args()
     assert args[args.index("--method") + 1] == method
     assert f"{switch}=off" in args[args.index("--components") + 1].split(",")
+
+
+def test_a_method_registered_later_appears_in_the_tab(qtbot, window) -> None:
+    """The method list follows the trainer's registry, not only the four methods the tab knows by name."""
+    tab = window.trainer_tab
+    qtbot.waitUntil(lambda: len(tab._registry) > 1, timeout=60_000)
+    registry = {**tab._registry, "newhash": {"contrastive": True, "quantization": True}}
+    tab._on_registry(registry)
+    index = tab.method.findData("newhash")
+    assert index >= 0 and tab.method.itemText(index) == "newhash"
+    assert tab.method.model().item(index).isEnabled()
+    tab.method.setCurrentIndex(index)
+    assert set(tab.component_boxes) == {"contrastive", "quantization"}
+    tab._on_registry(registry)  # a second registry read adds no duplicate
+    assert [tab.method.itemData(i) for i in range(tab.method.count())].count("newhash") == 1
