@@ -97,7 +97,7 @@ def _batch_chunk(length: int, batch: int, d: int, n: int, itemsize: int, on_cpu:
     page-faulted in on every call; smaller blocks are reused from the heap. Samples are independent,
     so splitting the batch changes nothing but speed. A GPU's caching allocator has no such cost,
     and there every split multiplies the per-token kernel launches that bound the scan (at batch 128
-    and 85 tokens the split made it 10x slower on an H100, benchmarks/results/ssm_kernel.md).
+    and 85 tokens the split made it 24x slower on an H100, benchmarks/results/ssm_kernel.md).
     """
     if not on_cpu:
         return batch
