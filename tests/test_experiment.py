@@ -338,3 +338,28 @@ def test_report_only_measures_query_latency_of_runs_made_before_it_existed(grid,
     assert saved["queries"] == min(21, result["splits"]["query"]) - 1 and saved["image_ms"] > 0
     row = {r["Run"]: r for r in _tables((older / "report.md").read_text(encoding="utf-8"))["Time per run"]}[name]
     assert row["Query ms: image"] == f"{saved['image_ms']:.1f}"
+
+
+def test_tripah_and_prompthash_run_through_the_grid_into_the_report(library: Path, tmp_path: Path) -> None:
+    """The side-by-side report is not BASE/MCPH-only: the other two methods train, are audited by
+    Hamming rank, and their measured numbers land in the same tables."""
+    out = tmp_path / "results"
+    spec = _spec(variants=parse_methods("tripah,prompthash"), noise_rates=[0.2], bits=[32], options={})
+    with Library.open(library, read_only=True) as lib:
+        outcome = run_experiment(lib, spec, out, command=COMMAND)
+    assert sorted(outcome.ran) == ["prompthash_n20_s0", "tripah_n20_s0"]
+    results = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (out / "results").glob("*.json")}
+    tables = _tables((out / "report.md").read_text(encoding="utf-8"))
+    rows = tables["mAP@all, noise 20 %"]
+    assert [r["Method"] for r in rows] == ["tripah", "prompthash"]
+    for row in rows:
+        metrics = _result(results, row["Method"], 0.2)["metrics"]
+        assert row["I→T 32"] == f"{metrics['i2t@32']['map_all']:.3f}"
+        assert row["T→I 32"] == f"{metrics['t2i@32']['map_all']:.3f}"
+    for row in tables["Data audit on the noisy training pairs"]:
+        audit = _result(results, row["Method"], 0.2)["audit"]
+        assert row["Score"] == audit["score_kind"] == "rank"
+        assert row["Precision @ top 5 %"] == f"{audit['precision']:.3f}"
+    rare = tables["Rare classes, noise 20 %"]
+    classes = _result(results, "prompthash", 0.2)["per_class"]["classes"]
+    assert rare and all(row["prompthash T→I"] == f"{classes[row['Class']]['t2i_ap']:.3f}" for row in rare)
