@@ -97,10 +97,7 @@ def main() -> None:
                     rows.append([b, length, str(dtype).removeprefix("torch."), *cells])
     report.table(["batch", "tokens l", "activations", "PyTorch scan: GPU ms median (p90)", "kernel: GPU ms",
                   "speed-up", "max abs diff y (kernel vs fp32 PyTorch)", "max rel diff grads"], rows)
-    if args.out:
-        report.write(args.out, load)
-    else:
-        print(report.render(load))
+    report.emit(args.out, load)
 
 
 if __name__ == "__main__":

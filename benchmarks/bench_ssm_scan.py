@@ -93,10 +93,7 @@ def main() -> None:
                          f"{float((y_old - y_new).abs().max()):.1e} / {diff_g:.1e}"])
     report.table(["tokens l", "batch", "autograd loop: CPU ms median (p90)", "selective_scan_torch: CPU ms",
                   "speed-up", "max abs diff: y / grads"], rows)
-    if args.out:
-        report.write(args.out, load)
-    else:
-        print(report.render(load))
+    report.emit(args.out, load)
 
 if __name__ == "__main__":
     main()

@@ -151,6 +151,13 @@ class MarkdownReport:
         path.write_text(self.render(load), encoding="utf-8")
         print(path.read_text(encoding="utf-8"))
 
+    def emit(self, path: Path | None, load: LoadMonitor) -> None:
+        """Write to `path` (and print) or, without one, only print."""
+        if path is not None:
+            self.write(path, load)
+        else:
+            print(self.render(load))
+
 
 def _cell(value: object) -> str:
     if isinstance(value, float):
