@@ -171,9 +171,16 @@ def _switches(text: str | None) -> dict[str, bool]:
 
 
 def _print_metrics(payload: dict) -> None:
-    console.print(f"model {payload.get('model_id')} saved to {payload.get('checkpoint')}")
+    if payload.get("checkpoint"):
+        console.print(f"model {payload.get('model_id')} saved to {payload.get('checkpoint')}")
+    else:
+        console.print(f"model {payload.get('model_id')}")
     for name, value in (payload.get("metrics") or {}).items():
         console.print(f"  {name}: {value}")
+    for domain, entry in (payload.get("by_domain") or {}).items():
+        console.print(f"  within {domain}: {entry}")
+    for warning in payload.get("warnings") or []:
+        console.print(f"[yellow]warning[/]: {warning}")
 
 
 @app.command("encode")
@@ -252,7 +259,7 @@ def eval_cmd(library: LibraryOpt, model: ModelOpt = None, device: DeviceOpt = "a
             report = evaluate_model(session, model)
     except MedHashError as exc:
         fail(exc, as_json)
-    emit_json(report) if as_json else _print_metrics({"model_id": report["model_id"], "metrics": report["metrics"]})
+    emit_json(report) if as_json else _print_metrics(report)
 
 
 @app.command("info")

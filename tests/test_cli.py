@@ -68,6 +68,11 @@ def test_info_and_eval_on_a_library(tiny_library: Path) -> None:
     i2t = report["metrics"]["i2t@32"]
     assert 0.0 <= i2t["map_all"] <= 1.0 and i2t["queries"] == report["splits"]["query"]
     assert set(report["metrics"]) == {f"{d}@{b}" for d in ("i2t", "t2i", "i2i", "t2t") for b in (16, 32)}
+    by_domain = report["by_domain"]  # each domain on its own, at the longest code length
+    assert set(by_domain) == {"chest", "fundus"}
+    assert sum(e["cases"] for e in by_domain.values()) == report["metrics"]["i2t@32"]["database"]
+    assert all(e["bits"] == 32 and 1 <= e["distinct_image_codes"] <= e["cases"] for e in by_domain.values())
+    assert isinstance(report["warnings"], list)
 
 
 def test_ingest_lists_bad_files_and_keeps_the_rest(dicom_dir: Path, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from medhash_app.core.domain_check import collapse_warnings, domain_report
 from medhash_app.core.errors import DataError, JobCancelled, ModelError
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data.captions import CAPTION_KEY
@@ -60,10 +61,11 @@ class TrainOutcome:
     checkpoint: Path
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)  # core.domain_check: domains the model cannot tell apart
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "checkpoint": str(self.checkpoint), "metrics": self.metrics,
-                "history": self.history}
+                "history": self.history, "warnings": self.warnings}
 
 
 def method_switches() -> dict[str, dict[str, bool]]:
@@ -146,8 +148,8 @@ def train_on_library(session: Any, req: TrainRequest, *, progress: Callable[[dic
     report = evaluate_model(session, model_id)
     session.library.set_model_metrics(model_id, report["metrics"])
     _emit(progress, {"event": "done", "model_id": model_id, "checkpoint": str(checkpoint),
-                     "metrics": report["metrics"]})
-    return TrainOutcome(model_id, checkpoint, report["metrics"], list(result.history))
+                     "metrics": report["metrics"], "warnings": report["warnings"]})
+    return TrainOutcome(model_id, checkpoint, report["metrics"], list(result.history), report["warnings"])
 
 
 def _emit(progress: Callable[[dict], None] | None, event: dict) -> None:
@@ -199,7 +201,23 @@ def evaluate_model(session: Any, model_id: int | None = None, seed: int = 0) -> 
                 **{f"p@{k}": round(float(precision_at_k(qc, dc, ql, dl, k)), 4) for k in EVAL_K},
                 "random_map_all": round(float(map_at_all(_random_like(qc, rng), _random_like(dc, rng), ql, dl)), 4),
                 "queries": len(qk), "database": len(dk)}
-    return {"model_id": model["id"], "splits": splits.counts(), "metrics": metrics}
+    by_domain = _by_domain(library, model["id"], max(model["bits"]), q_ids, db_ids, cases, names, rng)
+    return {"model_id": model["id"], "splits": splits.counts(), "metrics": metrics, "by_domain": by_domain,
+            "warnings": collapse_warnings(by_domain)}
+
+
+def _by_domain(library: Any, model_id: int, bits: int, q_ids: list[str], db_ids: list[str], cases: dict[str, dict],
+               names: list[str], rng: np.random.Generator) -> dict[str, dict[str, Any]]:
+    """core.domain_check.domain_report at the longest code length, on cases coded in both modalities."""
+    def both(ids: list[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+        _, have_image = _codes_for(library, model_id, "image", bits, ids)
+        _, keep = _codes_for(library, model_id, "text", bits, have_image)
+        return {m: _codes_for(library, model_id, m, bits, keep)[0] for m in ("image", "text")}, keep
+
+    (qc, qk), (dc, dk) = both(q_ids), both(db_ids)
+    return domain_report(qc, dc, _multi_hot([cases[i] for i in qk], names), _multi_hot([cases[i] for i in dk], names),
+                         [cases[i].get("domain") or "other" for i in qk], [cases[i].get("domain") or "other" for i in dk],
+                         [cases[i].get("report") or "" for i in dk], bits, rng)
 
 
 def _random_like(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
