@@ -78,6 +78,8 @@ def format_report(done: dict[str, Any]) -> str:
     rows = sorted(((k, v) for k, v in metrics.items() if isinstance(v, dict)),
                   key=lambda kv: (order.index(kv[0].partition("@")[0]) if kv[0].partition("@")[0] in order
                                   else len(order), int(kv[0].partition("@")[2] or 0)))
+    warnings = "".join(f"<p><b>Warning:</b> {html.escape(str(w))}</p>" for w in done.get("warnings") or [])
+    head += warnings  # core.domain_check: a domain the model cannot tell apart, above the pooled numbers
     if not rows:
         return head + "<p>The run reported no evaluation metrics.</p>"
     cells = "".join(f"<th align='right'>&nbsp;{title}&nbsp;</th>" for _, title in REPORT_COLUMNS)

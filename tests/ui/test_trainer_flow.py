@@ -87,3 +87,14 @@ def test_a_method_registered_later_appears_in_the_tab(qtbot, window) -> None:
     assert set(tab.component_boxes) == {"contrastive", "quantization"}
     tab._on_registry(registry)  # a second registry read adds no duplicate
     assert [tab.method.itemData(i) for i in range(tab.method.count())].count("newhash") == 1
+
+
+def test_the_report_puts_a_collapsed_domain_warning_above_the_numbers() -> None:
+    from medhash_app.ui.trainer_tab import format_report
+
+    done = {"model_id": 3, "checkpoint": "/x", "metrics": {"i2t@64": {"map_all": 0.6}},
+            "warnings": ["chest: 216 images share 1 distinct 64-bit code(s) <so> ..."]}
+    page = format_report(done)
+    assert page.index("Warning:") < page.index("<table")
+    assert "216 images share 1 distinct" in page and "&lt;so&gt;" in page  # escaped, not markup
+    assert "Warning:" not in format_report({**done, "warnings": []})
