@@ -334,7 +334,7 @@ def index_rebuild_cmd(library: LibraryOpt, as_json: JsonOpt = False) -> None:
 def demo_cmd(library: Annotated[Path | None, typer.Option("--library", "-l",
                                                              help="Where to build it (default: user data dir).")] = None,
              backbone: str = "embedded",
-             epochs: Annotated[int, typer.Option(min=1)] = 20,
+             epochs: Annotated[int, typer.Option(min=1)] = 10,
              window: Annotated[bool, typer.Option(help="Open the desktop app on the demo library.")] = True,
              as_json: JsonOpt = False) -> None:
     """Build the demo library (generated data), train or load the default model, run example queries."""

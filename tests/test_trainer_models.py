@@ -44,8 +44,16 @@ def test_freeze_except_top_trains_only_the_last_blocks() -> None:
     assert not any(p.requires_grad for p in bb.parameters())
 
 
-def test_codes_do_not_depend_on_the_rest_of_the_batch() -> None:
-    model = _tiny_model()
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_codes_do_not_depend_on_the_rest_of_the_batch(norm: str) -> None:
+    model = _tiny_model(options={"feature_norm": norm})
+    if norm == "batch":  # running statistics of a few training batches, then eval as always
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model.encode_image(torch.randn(8, 3, 64, 64) * 3 + 1)
+        model.eval()
+        assert isinstance(model.image_proj.net[0], nn.BatchNorm1d) and model.image_proj.net[0].num_batches_tracked > 0
     torch.manual_seed(1)
     images = torch.randn(6, 3, 64, 64)
     texts = ["a", "b c d e f g h", "effusion", "no acute disease at all", "x y", "cardiomegaly"]
@@ -133,3 +141,9 @@ def test_registry_names_unknown_methods() -> None:
         build_model(ModelConfig(method="no-such-method", backbone="tiny"))
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("resnet")
+
+
+def test_feature_norm_option_is_checked() -> None:
+    assert isinstance(_tiny_model().text_proj.net[0], nn.LayerNorm)  # the default, as all results were measured
+    with pytest.raises(MedHashError, match="feature_norm must be one of"):
+        _tiny_model(options={"feature_norm": "group"})

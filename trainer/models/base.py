@@ -28,7 +28,7 @@ from trainer.data.long_text import LONG_TEXT_MODES, chunk_tokens, pool_chunks, w
 from trainer.errors import MedHashError, TrainingError
 from trainer.models.backbones import Backbone
 from trainer.models.hashing import HashingModel, TextStem
-from trainer.models.heads import HashHeads, LabelClassifier, Projection
+from trainer.models.heads import FEATURE_NORMS, HashHeads, LabelClassifier, Projection
 from trainer.models.registry import register_method
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 BASE_OPTIONS: dict[str, Any] = {
     "long_text": None,  # None | "truncate" | "sections" | "chunks" (trainer/data/long_text.py)
     "chunk_pool": "mean",  # "mean" | "attention": how the windows of one chunked report are pooled
+    "feature_norm": "layer",  # "layer" | "batch": the projections' input normalisation (heads.Projection)
 }
 CHUNK_POOLS = ("mean", "attention")
 
@@ -51,6 +52,9 @@ def base_options(cfg: ModelConfig) -> dict[str, Any]:
     if opts["long_text"] is not None and opts["long_text"] not in LONG_TEXT_MODES:
         raise MedHashError("model config", f"option long_text must be None or one of {', '.join(LONG_TEXT_MODES)}, "
                            f"not {opts['long_text']!r}")
+    if opts["feature_norm"] not in FEATURE_NORMS:
+        raise MedHashError("model config", f"option feature_norm must be one of {', '.join(FEATURE_NORMS)}, "
+                           f"not {opts['feature_norm']!r}")
     if opts["chunk_pool"] not in CHUNK_POOLS:
         raise MedHashError("model config", f"option chunk_pool must be one of {', '.join(CHUNK_POOLS)}, "
                            f"not {opts['chunk_pool']!r}")
@@ -66,8 +70,9 @@ class BaseHashing(HashingModel):
     def __init__(self, cfg: ModelConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)
         d = cfg.embed_dim
-        self.image_proj = Projection(backbone.image_global_dim, d)
-        self.text_proj = Projection(backbone.text_global_dim, d)
+        norm = base_options(cfg)["feature_norm"] if type(self) is BaseHashing else "layer"
+        self.image_proj = Projection(backbone.image_global_dim, d, norm)
+        self.text_proj = Projection(backbone.text_global_dim, d, norm)
         self.image_hash = HashHeads(d, self.bits)
         self.text_hash = HashHeads(d, self.bits)
         self.classifier = LabelClassifier(d, len(cfg.label_names)) if cfg.on("classifier") and cfg.label_names else None

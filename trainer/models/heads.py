@@ -9,13 +9,27 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+FEATURE_NORMS = ("layer", "batch")
+
 
 class Projection(nn.Module):
-    """Backbone global feature -> shared embedding space (LayerNorm evens out the towers' scales)."""
+    """Backbone global feature -> shared embedding space.
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    The input is normalised first: "layer" (LayerNorm, per sample) evens out the towers' scales;
+    "batch" (BatchNorm1d: batch statistics in training, running statistics in eval, so a stored or
+    query code still depends on its own sample only) also standardises each feature across cases.
+    Why "batch" exists: in a library of two domains the domain offset dominates the features and
+    LayerNorm keeps it, so the small within-domain differences stayed below the tanh's reach and
+    all 240 demo radiographs got one code; standardised per feature, the same run separates them
+    (benchmarks/results/domain_collapse.md).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, norm: str = "layer") -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        if norm not in FEATURE_NORMS:
+            raise ValueError(f"feature norm must be one of {', '.join(FEATURE_NORMS)}, not {norm!r}")
+        first = nn.LayerNorm(in_dim) if norm == "layer" else nn.BatchNorm1d(in_dim)
+        self.net = nn.Sequential(first, nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -36,11 +36,12 @@ def _ensure_model(session: MedHashSession, backbone: str, epochs: int, cancel: t
     if active is not None and (active.get("config") or {}).get("backbone") == backbone:
         _say(log, f"Using the trained model {active['id']} ({active['method']}, {active['bits']} bits).")
         return {"model_id": active["id"], "trained": False, "metrics": active.get("metrics") or {}}
-    _say(log, f"Training BASE on the {backbone} backbone for {epochs} epochs (2-core CPU: about 10 minutes)…")
-    # lr 1e-3: the generated radiographs look alike to the frozen ImageNet stem; at the default
-    # 3e-4 and 8 epochs the chest image codes collapsed onto one code (measured), at 1e-3 and 20
-    # epochs I->T mAP@all at 64 bits rose from 0.57 to 0.70 and chest queries find their findings.
-    request = TrainRequest(method="base", bits=[16, 32, 64], epochs=epochs, backbone=backbone, seed=0, lr=1e-3)
+    _say(log, f"Training BASE on the {backbone} backbone for {epochs} epochs (2-core CPU: about 5 minutes)…")
+    # feature_norm "batch": with LayerNorm alone the two domains' offset swamped the small
+    # differences between the generated radiographs and all chest images got one code, at any lr
+    # or depth we tried; standardising each feature separates them (benchmarks/results/domain_collapse.md).
+    request = TrainRequest(method="base", bits=[16, 32, 64], epochs=epochs, backbone=backbone, seed=0, lr=1e-3,
+                           options={"feature_norm": "batch"})
     outcome = train_on_library(session, request, cancel=cancel)
     for warning in outcome.warnings:
         _say(log, f"Warning: {warning}")
@@ -57,7 +58,7 @@ def _example_queries(session: MedHashSession, source: Path) -> list[dict[str, An
     return answers
 
 
-def run_demo(library: Path | None = None, *, backbone: str = "embedded", epochs: int = 20,
+def run_demo(library: Path | None = None, *, backbone: str = "embedded", epochs: int = 10,
              cancel: threading.Event | None = None, log: Log = None) -> dict[str, Any]:
     """Build (or reuse) the demo library and answer the example queries; returns a JSON-able dict."""
     folder = Path(library) if library is not None else default_demo_library()
