@@ -106,6 +106,9 @@ def train_cmd(library: LibraryOpt,
                   help="Split sizes, e.g. 'query=350,train=2275' (default: 10 % query, 10 % val).")] = None,
               feature_cache: Annotated[bool, typer.Option(
                   help="Cache the frozen layers' outputs (fast epochs, no augmentation).")] = True,
+              feature_norm: Annotated[str | None, typer.Option(
+                  help="BASE: 'layer' (default) or 'batch' (for libraries of several domains; "
+                       "benchmarks/results/domain_collapse.md).")] = None,
               device: DeviceOpt = "auto",
               progress: Annotated[str, typer.Option(help="bar, jsonl or none.")] = "bar",
               activate: Annotated[bool, typer.Option(help="Make the new model active and encode.")] = True,
@@ -118,7 +121,8 @@ def train_cmd(library: LibraryOpt,
                                backbone=backbone, weights_path=weights, batch_size=batch_size, lr=lr,
                                noise_rate=noise_rate, noise_handling=noise_handling,
                                components=_switches(components), device=device, activate=activate,
-                               split_sizes=parse_sizes(split_sizes), feature_cache=feature_cache)
+                               split_sizes=parse_sizes(split_sizes), feature_cache=feature_cache,
+                               options={"feature_norm": feature_norm} if feature_norm else {})
         with _session(library, device=device) as session, cancellable() as cancel:
             outcome = _run_training(session, request, progress, as_json, cancel)
     except JobCancelled as exc:

@@ -129,6 +129,12 @@ def test_train_rejects_bad_bits(tiny_library: Path, bits: str) -> None:
     assert code == 2 and ("bits" in payload["item"] or "bits" in payload["reason"])
 
 
+def test_train_passes_feature_norm_to_the_model(tiny_library: Path, tmp_path: Path) -> None:
+    code, payload = _json(["train", "--library", str(tiny_library), "--backbone", "tiny", "--feature-norm", "group",
+                           "--out", str(tmp_path / "run")])
+    assert code == 2 and "feature_norm must be one of" in payload["reason"]  # reached BASE's option check
+
+
 def test_demo_builds_a_library_and_answers_example_queries(tmp_path: Path) -> None:
     """The README's main job, on the tiny backbone so it fits in the test budget; a second run
     reuses the library and its model instead of training again."""

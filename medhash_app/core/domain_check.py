@@ -62,15 +62,15 @@ def collapse_warnings(by_domain: Mapping[str, Mapping[str, Any]]) -> list[str]:
     for domain, entry in by_domain.items():
         if entry["cases"] < MIN_CASES:
             continue
-        for side, key, direction, count in (("images", "distinct_image_codes", "i2t", entry["cases"]),
-                                            ("reports", "distinct_text_codes", "t2i", entry["distinct_reports"])):
-            if count >= MIN_CASES and entry[key] < max(2, COLLAPSE_SHARE * count):
-                level = ""
-                if f"{direction}_map_all" in entry:
-                    level = (f" ({'image→report' if direction == 'i2t' else 'report→image'} mAP@all within {domain} "
-                             f"{entry[f'{direction}_map_all']:.2f}, random codes "
-                             f"{entry[f'{direction}_random_map_all']:.2f})")
-                warnings.append(f"{domain}: {count} {'' if side == 'images' else 'different '}{side} share {entry[key]} distinct {entry['bits']}-bit code(s), so "
-                                f"this model cannot tell {domain} {side} apart{level}; train longer, on more "
-                                f"{domain} cases, or with more trainable layers")
+        sides = (("images", "images", "distinct_image_codes", "i2t", "image→report", entry["cases"]),
+                 ("reports", "different reports", "distinct_text_codes", "t2i", "report→image",
+                  entry["distinct_reports"]))
+        for side, counted, key, direction, arrow, count in sides:
+            if count < MIN_CASES or entry[key] >= max(2, COLLAPSE_SHARE * count):
+                continue
+            level = (f" ({arrow} mAP@all within {domain} {entry[f'{direction}_map_all']:.2f}, random codes "
+                     f"{entry[f'{direction}_random_map_all']:.2f})" if f"{direction}_map_all" in entry else "")
+            warnings.append(f"{domain}: {count} {counted} share {entry[key]} distinct {entry['bits']}-bit code(s), "
+                            f"so this model cannot tell {domain} {side} apart{level}; for BASE train with "
+                            f"--feature-norm batch (benchmarks/results/domain_collapse.md), or on more {domain} cases")
     return warnings
