@@ -209,10 +209,14 @@ def evaluate_model(session: Any, model_id: int | None = None, seed: int = 0) -> 
 def _by_domain(library: Any, model_id: int, bits: int, q_ids: list[str], db_ids: list[str], cases: dict[str, dict],
                names: list[str], rng: np.random.Generator) -> dict[str, dict[str, Any]]:
     """core.domain_check.domain_report at the longest code length, on cases coded in both modalities."""
+    tables = {}  # each modality's codes read once, for both splits
+    for modality in ("image", "text"):
+        all_ids, codes = library.get_codes(model_id, modality, bits)
+        tables[modality] = (codes, {cid: i for i, cid in enumerate(all_ids.tolist())})
+
     def both(ids: list[str]) -> tuple[dict[str, np.ndarray], list[str]]:
-        _, have_image = _codes_for(library, model_id, "image", bits, ids)
-        _, keep = _codes_for(library, model_id, "text", bits, have_image)
-        return {m: _codes_for(library, model_id, m, bits, keep)[0] for m in ("image", "text")}, keep
+        keep = [cid for cid in ids if all(cid in rows for _, rows in tables.values())]
+        return {m: codes[[rows[c] for c in keep]] for m, (codes, rows) in tables.items()}, keep
 
     (qc, qk), (dc, dk) = both(q_ids), both(db_ids)
     return domain_report(qc, dc, _multi_hot([cases[i] for i in qk], names), _multi_hot([cases[i] for i in dk], names),

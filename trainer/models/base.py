@@ -70,15 +70,16 @@ class BaseHashing(HashingModel):
     def __init__(self, cfg: ModelConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)
         d = cfg.embed_dim
-        norm = base_options(cfg)["feature_norm"] if type(self) is BaseHashing else "layer"
+        opts = base_options(cfg) if type(self) is BaseHashing else None  # subclasses read their own options
+        norm = opts["feature_norm"] if opts is not None else "layer"
         self.image_proj = Projection(backbone.image_global_dim, d, norm)
         self.text_proj = Projection(backbone.text_global_dim, d, norm)
         self.image_hash = HashHeads(d, self.bits)
         self.text_hash = HashHeads(d, self.bits)
         self.classifier = LabelClassifier(d, len(cfg.label_names)) if cfg.on("classifier") and cfg.label_names else None
         self.chunk_score: nn.Linear | None = None
-        if type(self) is BaseHashing:  # subclasses (MCPH, ...) read and validate their own options
-            self._setup_long_text(base_options(cfg))
+        if opts is not None:
+            self._setup_long_text(opts)
 
     def _setup_long_text(self, opts: dict[str, Any]) -> None:
         """Install the long-report tokenizer (the plain one for None) and the attention pool's scorer."""
