@@ -27,6 +27,9 @@ DEFAULT_COMPONENTS: dict[str, bool] = {
     "classifier": False,  # multi-label classifier head on the embeddings
 }
 
+# BASE's loss weights. Each method owns its own table (MCPH_LOSS_WEIGHTS, tripah.LOSS_WEIGHTS, ...);
+# ModelConfig.loss_weights holds only what the user overrides, resolved by `method_loss_weights`, so
+# a shared default can never silently replace a method's own weight of the same name.
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "contrastive": 1.0,
     "similarity": 1.0,  # beta
@@ -60,7 +63,7 @@ class ModelConfig:
     embed_dim: int = 256
     trainable_top_blocks: int = 2  # the papers fine-tune the last two layers of each tower
     components: dict[str, bool] = field(default_factory=lambda: dict(DEFAULT_COMPONENTS))
-    loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
+    loss_weights: dict[str, float] = field(default_factory=dict)  # overrides only: see method_loss_weights
     temperature: float = 0.3  # InfoNCE on tanh codes; 0.07 (CLIP) learned far slower in our runs
     label_names: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # method-specific extras (MCPH, TriPAH, ...)
@@ -73,7 +76,7 @@ class ModelConfig:
         if not self.bits or any(b <= 0 or b % 8 for b in self.bits):
             raise MedHashError("model config", f"bits must be positive multiples of 8, got {self.bits}")
         self.components = {**DEFAULT_COMPONENTS, **self.components}
-        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **{k: float(v) for k, v in self.loss_weights.items()}}
+        self.loss_weights = {k: float(v) for k, v in self.loss_weights.items()}
         self.label_names = [str(n) for n in self.label_names]
         window = self.text_window
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < MIN_TEXT_WINDOW):
@@ -93,6 +96,23 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         return _from_dict(cls, dict(data), "model config")
+
+
+def method_loss_weights(cfg: ModelConfig, defaults: dict[str, float], method: str | None = None) -> dict[str, float]:
+    """The weights a method's loss uses: its own `defaults`, overridden by `cfg.loss_weights`.
+
+    A name the method does not have is an error naming it (a typo, or another method's weight),
+    except in a checkpoint written before methods owned their weights: those stored BASE's whole
+    table, and a name of that table the method lacks is ignored (it was never read).
+    """
+    given = dict(cfg.loss_weights)
+    legacy = {k for k, v in given.items() if k in DEFAULT_LOSS_WEIGHTS and k not in defaults
+              and v == DEFAULT_LOSS_WEIGHTS[k]}
+    unknown = sorted(set(given) - set(defaults) - legacy)
+    if unknown:
+        raise MedHashError("model config", f"{method or cfg.method} has no loss weight(s) {', '.join(unknown)} "
+                           f"(it has {', '.join(sorted(defaults))})")
+    return {**defaults, **{k: v for k, v in given.items() if k in defaults}}
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer import distributed, losses
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import DEFAULT_LOSS_WEIGHTS, ModelConfig, TrainConfig, method_loss_weights
 from trainer.data.long_text import LONG_TEXT_MODES, chunk_tokens, pool_chunks, wrap_tokenizer
 from trainer.errors import MedHashError, TrainingError
 from trainer.models.backbones import Backbone
@@ -125,7 +125,7 @@ class BaseHashing(HashingModel):
 
     # ---- training ------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch, train_cfg: TrainConfig, *, epoch: int) -> dict[str, Tensor]:
-        cfg, w = self.cfg, self.cfg.loss_weights
+        cfg, w = self.cfg, method_loss_weights(self.cfg, DEFAULT_LOSS_WEIGHTS)
         img_stem, txt_stem = self.batch_stems(batch)
         f_img, f_txt = self.image_features(batch.images, stem=img_stem), self.text_features(batch.tokens, stem=txt_stem)
         h_img, h_txt = self.image_hash(f_img), self.text_hash(f_txt)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer import distributed, losses
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import DEFAULT_LOSS_WEIGHTS, ModelConfig, TrainConfig, method_loss_weights
 from trainer.data.captions import BuiltinCaptioner, captions_from_meta
 from trainer.data.long_text import (
     chunk_tokens,
@@ -97,6 +97,8 @@ MCPH_OPTIONS: dict[str, Any] = {
     "long_text": None,  # None | "truncate" | "sections" | "chunks" (trainer/data/long_text.py)
 }
 MCPH_LOSS_WEIGHTS = {"quantization": 0.1, "inter": 10.0, "intra": 1.0, "nrcl": 1.0, "captioner": 1.0}
+# With components switched off MCPH falls back to BASE's terms (contrastive, similarity, ...) and weights.
+MCPH_ALL_WEIGHTS = {**DEFAULT_LOSS_WEIGHTS, **MCPH_LOSS_WEIGHTS}
 
 
 def mcph_options(cfg: ModelConfig) -> dict[str, Any]:
@@ -388,7 +390,7 @@ class MCPH(BaseHashing):
         return losses.adaptive_temperature(self.temperature(), jsd, self.opts["gamma"])
 
     def _weight(self, name: str) -> float:
-        return float(self.cfg.loss_weights.get(name, MCPH_LOSS_WEIGHTS[name]))
+        return method_loss_weights(self.cfg, MCPH_ALL_WEIGHTS)[name]
 
     def _keep(self, present: Tensor, p_drop: float) -> Tensor:
         """Caption dropout: each caption is kept with probability 1 - p_drop (training only)."""
@@ -420,7 +422,7 @@ class MCPH(BaseHashing):
         if self.classifier is not None:
             c = losses.multilabel_bce(self.classifier(img.embedding), batch.labels)
             c = c + losses.multilabel_bce(self.classifier(txt.embedding), batch.labels)
-            terms["classifier"] = self.cfg.loss_weights["classifier"] * c
+            terms["classifier"] = self._weight("classifier") * c
         if self.captioner is not None:
             cap = losses.multilabel_bce(self.captioner(pooled.detach()), batch.labels)
             terms["captioner"] = self._weight("captioner") * cap
@@ -438,7 +440,7 @@ class MCPH(BaseHashing):
             if not cfg.on("contrastive"):
                 return {}
             loss = self._per_bits(lambda b: losses.info_nce(gather(img.codes[b]), gather(txt.codes[b]), cfg.temperature))
-            return {"contrastive": cfg.loss_weights["contrastive"] * loss}
+            return {"contrastive": self._weight("contrastive") * loss}
         z_img, z_txt = self.image_align(img.embedding), self.text_align(txt.embedding)
         tau = self.temperature()
         if adaptive and caption is not None:
@@ -447,7 +449,7 @@ class MCPH(BaseHashing):
         return {"nrcl": self._weight("nrcl") * losses.info_nce_per_sample(gather(z_img), gather(z_txt), tau)}
 
     def _hashing_terms(self, img: _Side, txt: _Side, labels: Tensor, batch: Batch, epoch: int) -> dict[str, Tensor]:
-        cfg, w, gather = self.cfg, self.cfg.loss_weights, distributed.gather_with_grad
+        cfg, w, gather = self.cfg, method_loss_weights(self.cfg, MCPH_ALL_WEIGHTS), distributed.gather_with_grad
         s = losses.label_similarity(labels, labels)
         u_img, u_txt = img.codes, txt.codes
         g_img = {b: gather(u_img[b]) for b in self.bits}

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import ModelConfig, TrainConfig, method_loss_weights
 from trainer.data.long_text import chunk_tokens, gather_chunk_tokens, pool_chunks
 from trainer.models.backbones import Backbone
 from trainer.models.towers import TokenTower
@@ -26,7 +26,8 @@ def component_on(cfg: ModelConfig, name: str, defaults: dict[str, bool]) -> bool
 
 
 def weight(cfg: ModelConfig, name: str, defaults: dict[str, float]) -> float:
-    return float(cfg.loss_weights.get(name, defaults[name]))
+    """The method's own weight `name` (its `defaults`), unless the config overrides it."""
+    return method_loss_weights(cfg, defaults)[name]
 
 
 def _heads(dim: int) -> int:
