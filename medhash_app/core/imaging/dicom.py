@@ -159,6 +159,11 @@ def decode_frame(path: Path, header: Dataset, tsyntax: UID, index: int | None) -
                                      f"decoded ({reasons[0] if reasons else _short(exc)})") from exc
     except Exception as exc:  # ValueError/EOFError/struct.error for short data
         raise CorruptFileError(path, f"the pixel data is truncated or damaged ({_short(exc)})") from exc
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # a native decoder's panic (pyo3's PanicException) is no Exception
+        raise CorruptFileError(path, f"the {tsyntax.name} pixel data is damaged: the decoder crashed on it "
+                                     f"({type(exc).__name__}: {_short(exc)})") from exc
 
 
 def check_decoder(path: Path, tsyntax: UID) -> None:

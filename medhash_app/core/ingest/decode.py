@@ -56,8 +56,11 @@ def decode_job(job: DecodeJob) -> DecodeResult:
         return DecodeResult(job.case_id, reason=exc.reason)
     except MemoryError:
         return DecodeResult(job.case_id, reason="not enough memory to decode this image")
-    except Exception as exc:  # noqa: BLE001 - a decoder bug must fail one file, not the ingest
-        return DecodeResult(job.case_id, reason=f"the image could not be decoded ({type(exc).__name__}: {exc})")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a decoder bug, even a native panic, fails one file
+        return DecodeResult(job.case_id, reason=f"the image could not be decoded ({type(exc).__name__}: "
+                                                f"{_short(exc)})")
     png = io.BytesIO()
     model.save(png, format="PNG", compress_level=PNG_LEVEL)
     try:
@@ -68,6 +71,12 @@ def decode_job(job: DecodeJob) -> DecodeResult:
     pixels = np.asarray(model, dtype=np.int16)
     grey = int(np.abs(pixels - pixels[..., :1]).max()) <= _GREY_TOLERANCE
     return DecodeResult(job.case_id, facts=image.facts.to_dict(), looks_grey=grey)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """One line of at most `limit` characters (a worker's message must stay readable and picklable)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Decoder:
@@ -89,6 +98,8 @@ class Decoder:
                 self.workers = 1
                 return [decode_job(job) for job in jobs]
             return [self._isolated(job) for job in jobs]
+        except Exception:  # noqa: BLE001 - e.g. a worker's result that could not be pickled back
+            return [self._isolated(job) for job in jobs]
 
     def _pool_starts(self) -> bool:
         try:
@@ -104,6 +115,9 @@ class Decoder:
         except BrokenProcessPool:
             self._restart()
             return DecodeResult(job.case_id, reason="the decoder crashed on this file")
+        except Exception as exc:  # noqa: BLE001 - whatever came back, it is this file's failure
+            return DecodeResult(job.case_id, reason=f"the decoder failed on this file ({type(exc).__name__}: "
+                                                    f"{_short(exc)})")
 
     def _executor(self) -> Executor:
         if self._pool is None:
