@@ -26,6 +26,7 @@ from pydicom.uid import (
 from medhash_app.core.errors import CorruptFileError, ImageTooLargeError, MedHashError, UnsupportedFileError
 from medhash_app.core.imaging.facts import facts_from_dataset, int_value, text_value
 from medhash_app.core.imaging.loaded import LoadedImage, VoiLut
+from medhash_app.core.input_files import open_input
 
 _IDENTIFYING_TAGS = ("SOPClassUID", "Modality", "Rows", "StudyInstanceUID", "PhotometricInterpretation")
 _PLUGIN_LINE = re.compile(r"^\s+(\w[\w-]*): (.+)$", re.MULTILINE)
@@ -40,7 +41,7 @@ def looks_like_dicom(path: str | Path) -> bool:
     or random bytes forced through the parser do not count.
     """
     try:
-        with open(path, "rb") as handle:
+        with open_input(path) as handle:  # a FIFO or /dev/zero is not DICOM (and must not block)
             head = handle.read(132)
         if head[128:132] == b"DICM":
             return True

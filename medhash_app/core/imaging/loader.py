@@ -8,6 +8,7 @@ from medhash_app.core.errors import CorruptFileError, MedHashError, UnsupportedF
 from medhash_app.core.imaging.dicom import load_dicom, looks_like_dicom
 from medhash_app.core.imaging.loaded import LoadedImage
 from medhash_app.core.imaging.raster import load_raster
+from medhash_app.core.input_files import input_size
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
@@ -40,10 +41,11 @@ def load_image(path: str | Path, *, frame: int | None = None, salt: bytes | str 
 
 
 def file_size(path: Path) -> int:
-    """Size in bytes, turning 'missing' and 'unreadable' into a message the user can act on."""
+    """Size in bytes, turning 'missing', 'unreadable', 'not a regular file' (a FIFO, /dev/zero) and
+    'over MAX_INPUT_BYTES' into a message the user can act on."""
     try:
-        if not path.is_file():
-            raise MedHashError(path, "the file does not exist (or is a folder)")
-        return path.stat().st_size
+        return input_size(path)
+    except FileNotFoundError as exc:
+        raise MedHashError(path, "the file does not exist") from exc
     except OSError as exc:
         raise MedHashError(path, f"the file cannot be read ({exc.strerror or exc})") from exc

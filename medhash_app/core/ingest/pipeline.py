@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from medhash_app.core.errors import LibraryError
+from medhash_app.core.errors import LibraryError, MedHashError
 from medhash_app.core.ingest.decode import DecodeJob, Decoder, DecodeResult
 from medhash_app.core.ingest.items import IngestItem, IngestProgress, IngestReport
 from medhash_app.core.ingest.rows import DOMAINS, build_row, clean_report
 from medhash_app.core.ingest.sources import iter_items
+from medhash_app.core.input_files import open_input
 from medhash_app.core.library import Library
 from medhash_app.core.library.files import sweep_temp_files
 
@@ -32,9 +34,16 @@ _HASH_THREADS = 4
 
 
 def content_id(path: Path, frame: int | None = None) -> str:
-    """Case id: the first 32 hex digits of the file's SHA-256, plus ":f<frame>" for a chosen frame."""
-    with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()[:32]
+    """Case id: the first 32 hex digits of the file's SHA-256, plus ":f<frame>" for a chosen frame.
+
+    Only regular files up to MAX_INPUT_BYTES are read (input_files.open_input): a FIFO or a link
+    to /dev/zero would otherwise be read forever."""
+    with open_input(path) as handle:
+        return _digest(handle, frame)
+
+
+def _digest(handle: BinaryIO, frame: int | None) -> str:
+    digest = hashlib.file_digest(handle, "sha256").hexdigest()[:32]
     return digest if frame is None else f"{digest}:f{frame}"
 
 
@@ -43,13 +52,14 @@ def _hash_item(item: IngestItem) -> tuple[str | None, str | None]:
     if item.problem:
         return None, item.problem
     try:
-        if item.path.is_file() and item.path.stat().st_size == 0:
-            return None, "the file is empty (0 bytes)"
-        return content_id(item.path, item.metadata.get("frame")), None
+        with open_input(item.path) as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return None, "the file is empty (0 bytes)"
+            return _digest(handle, item.metadata.get("frame")), None
+    except MedHashError as exc:  # not a regular file, or over the size limit
+        return None, exc.reason
     except FileNotFoundError:
         return None, "the file does not exist"
-    except IsADirectoryError:
-        return None, "this is a folder, not an image file"
     except OSError as exc:
         return None, f"the file cannot be read ({exc.strerror or exc})"
 

@@ -22,7 +22,10 @@ def detect_source(path: Path) -> str:
     """Name of the source that will read `path`."""
     if not path.exists():
         raise DatasetLayoutError(path, "does not exist")
-    return next(name for name, module in SOURCES if module.detect(path))
+    try:
+        return next(name for name, module in SOURCES if module.detect(path))
+    except OSError as exc:  # e.g. a folder without read/search permission
+        raise DatasetLayoutError(path, f"cannot be read ({exc.strerror or exc})") from exc
 
 
 def iter_items(path: Path) -> Iterator[IngestItem]:

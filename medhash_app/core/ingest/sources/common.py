@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medhash_app.core.errors import DatasetLayoutError
+from medhash_app.core.input_files import MAX_TEXT_BYTES, read_input
 
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
@@ -28,8 +29,9 @@ def table_suffix(path: Path) -> str:
 
 
 def read_text_file(path: Path) -> str:
-    """Report text in UTF-8 (with or without BOM), falling back to Latin-1 for old exports."""
-    data = path.read_bytes()
+    """Report text in UTF-8 (with or without BOM), falling back to Latin-1 for old exports.
+    Only a regular file of at most MAX_TEXT_BYTES is read (a FIFO or /dev/zero never ends)."""
+    data = read_input(path, MAX_TEXT_BYTES)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
