@@ -41,6 +41,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
 NOISE_HANDLINGS = ("none", "adaptive_temperature")
 MIN_TEXT_WINDOW = 4  # a window must hold the tower's special tokens and a few words
 DEVICES = ("auto", "cpu", "cuda")
+VAL_DATABASES = ("val", "train+val")
 
 
 def _from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
@@ -131,6 +132,14 @@ class TrainConfig:
     noise_handling: str = "none"  # "none" | "adaptive_temperature" (MCPH)
     num_workers: int = 2
     val_every: int = 1  # validate every n epochs (and always after the last)
+    # What validation ranks against. "val": val queries against the val items only (the app's
+    # default, cheap). "train+val": val queries against train + val items (each query's own item
+    # left out), which mirrors the test, whose database holds the training set: a model chosen on
+    # "val" alone can be the worse one on the test (trainer/fair_protocol.py uses "train+val").
+    val_database: str = "val"
+    # The backbone's learning rate relative to `lr`; None = the method's own choice (its
+    # param_groups). Set by a tuning protocol that searches it, and recorded with the run.
+    backbone_lr_scale: float | None = None
     warmup_steps: int = 50
     # Frozen-stem cache (trainer/feature_cache.py): much faster epochs, but training images use the
     # deterministic eval transform (no augmentation). False = the augmented, uncached path.
@@ -146,6 +155,8 @@ class TrainConfig:
             (self.noise_handling in NOISE_HANDLINGS, f"noise_handling must be one of {NOISE_HANDLINGS}"),
             (self.device in DEVICES or self.device.startswith("cuda:"), f"device must be one of {DEVICES}"),
             (self.val_every >= 1, "val_every must be >= 1"),
+            (self.val_database in VAL_DATABASES, f"val_database must be one of {VAL_DATABASES}"),
+            (self.backbone_lr_scale is None or self.backbone_lr_scale > 0, "backbone_lr_scale must be > 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
         ]
         for ok, reason in checks:
@@ -153,7 +164,11 @@ class TrainConfig:
                 raise MedHashError("training config", reason)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for name, default in (("val_database", "val"), ("backbone_lr_scale", None)):
+            if data[name] == default:  # written as before the field existed: old resume states and
+                del data[name]  # experiment fingerprints still compare equal
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

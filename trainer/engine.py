@@ -44,7 +44,7 @@ from trainer.data.noise import NoiseRecord, inject_noise
 from trainer.data.splits import Splits, save_splits
 from trainer.distributed import DistInfo
 from trainer.errors import DataError, TrainingError
-from trainer.evaluate import map_at_all, pack_signs
+from trainer.evaluate import distance_histograms, map_at_all, pack_signs, per_query_ap
 from trainer.feature_cache import FeatureCache, default_cache_dir
 from trainer.models import HashingModel, build_model, get_method
 from trainer.models.backbones import Backbone
@@ -54,7 +54,8 @@ resolve_device = distributed.resolve_device  # kept here for callers of the engi
 Progress = Callable[[dict[str, Any]], None]
 STEP_EVENT_INTERVAL_S = 0.1
 # Train settings that must match to resume a run (epochs may grow, workers/device may change).
-_RESUME_KEYS = ("batch_size", "lr", "weight_decay", "seed", "grad_clip", "noise_rate", "noise_handling", "warmup_steps")
+_RESUME_KEYS = ("batch_size", "lr", "weight_decay", "seed", "grad_clip", "noise_rate", "noise_handling", "warmup_steps",
+                "backbone_lr_scale")
 
 
 @dataclass
@@ -123,7 +124,24 @@ def optimizer_groups(model: HashingModel, train_cfg: TrainConfig) -> list[dict[s
         g["params"] = list(g["params"])
         g["lr_scale"] = float(g.get("lr_scale", float(g.get("lr", train_cfg.lr)) / train_cfg.lr))
         g["lr"] = train_cfg.lr * g["lr_scale"]
+    if train_cfg.backbone_lr_scale is not None:
+        groups = _with_backbone_scale(groups, {id(p) for p in model.backbone.parameters()}, train_cfg)
     return groups
+
+
+def _with_backbone_scale(groups: list[dict[str, Any]], backbone_ids: set[int], train_cfg: TrainConfig
+                         ) -> list[dict[str, Any]]:
+    """Each group split into its backbone and other parameters; the backbone part learns at
+    `train_cfg.backbone_lr_scale` x lr (replacing the method's own backbone scale: an explicit,
+    recorded setting of a tuning protocol), the rest keeps its group's scale."""
+    out = []
+    for g in groups:
+        for in_backbone in (False, True):
+            params = [p for p in g["params"] if (id(p) in backbone_ids) == in_backbone]
+            if params:
+                scale = float(train_cfg.backbone_lr_scale) if in_backbone else g["lr_scale"]
+                out.append({**g, "params": params, "lr_scale": scale, "lr": train_cfg.lr * scale})
+    return out
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -199,6 +217,18 @@ def mean_average_precision(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: 
     return map_at_all(pack_signs(q_codes), pack_signs(db_codes), q_labels, db_labels)
 
 
+def map_without_self(q_codes: np.ndarray, db_codes: np.ndarray, labels: np.ndarray, n_queries: int) -> np.ndarray:
+    """Per-query AP of rows 0..n_queries-1 of `q_codes` against every row of `db_codes` (the same
+    items, other modality), each query's own row left out of its ranking (continuous codes, sign = bit)."""
+    q, db = pack_signs(q_codes[:n_queries]), pack_signs(db_codes)
+    n, r = distance_histograms(q, db, labels[:n_queries], labels)
+    own = np.unpackbits(q ^ db[:n_queries], axis=1).sum(axis=1)  # Hamming distance to the own item
+    rows = np.arange(n_queries)
+    n[rows, own] -= 1
+    r[rows, own] -= labels[:n_queries].any(axis=1).astype(r.dtype)  # the own item is relevant iff labelled
+    return per_query_ap(n, r)
+
+
 def _labels_matrix(samples: Sequence[Sample], names: Sequence[str]) -> np.ndarray:
     index = {n: i for i, n in enumerate(names)}
     out = np.zeros((len(samples), len(names)), dtype=bool)
@@ -226,16 +256,21 @@ def encode_dataset(
     Images are encoded with their image-side metadata (and caption from `captions`, if given).
     `cache`: a FeatureCache already prepared for these samples; the forward starts from its stems.
     `reports=False` encodes the images only (the report dict comes back empty).
+    Only a model built with the leak study's diagnostic option (`needs_paired_report`, see
+    models.views.LEAK_OPTION) gets each image's paired report in its meta.
     """
     backbone = backbone or model.backbone
     device = torch.device(device)
     was_training = model.training
     model.eval()
+    paired = bool(getattr(model, "needs_paired_report", False))
     if cache is not None:
-        loader = cache.loader(samples, backbone.tokenizer, [], batch_size=batch_size, captions=captions)
+        loader = cache.loader(samples, backbone.tokenizer, [], batch_size=batch_size, captions=captions,
+                              paired_report=paired)
     else:
         loader = make_loader(samples, backbone.eval_transform, backbone.tokenizer, [], batch_size=batch_size,
-                             num_workers=num_workers, pin_memory=device.type == "cuda", captions=captions)
+                             num_workers=num_workers, pin_memory=device.type == "cuda", captions=captions,
+                             paired_report=paired)
     img: dict[int, list[np.ndarray]] = {b: [] for b in model.bits}
     txt: dict[int, list[np.ndarray]] = {b: [] for b in model.bits}
     try:
@@ -271,14 +306,26 @@ def stem_kwargs(model: HashingModel, batch: Batch) -> tuple[dict[str, Any], dict
 
 
 def validate(model: HashingModel, samples: Sequence[Sample], batch_size: int, device: torch.device, *,
-             cache: FeatureCache | None = None, captions: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """I->T and T->I mAP@all on `samples` at the largest code length."""
+             cache: FeatureCache | None = None, captions: Mapping[str, str] | None = None,
+             database: Sequence[Sample] = ()) -> dict[str, Any]:
+    """I->T and T->I mAP@all of `samples` as queries at the largest code length.
+
+    Without `database` the queries rank each other (the val items only). With it they rank
+    `database` + `samples`, each query's own item left out (TrainConfig.val_database "train+val":
+    the test's database holds the training set, so validation should too).
+    """
     bits = max(model.bits)
-    img, txt = encode_dataset(model, samples, batch_size=batch_size, device=device, cache=cache, captions=captions)
-    labels = _labels_matrix(samples, model.cfg.label_names)
-    i2t = mean_average_precision(img[bits], txt[bits], labels, labels)
-    t2i = mean_average_precision(txt[bits], img[bits], labels, labels)
-    return {"bits": bits, "i2t": i2t, "t2i": t2i, "mean": 0.5 * (i2t + t2i)}
+    every = [*samples, *database]
+    img, txt = encode_dataset(model, every, batch_size=batch_size, device=device, cache=cache, captions=captions)
+    labels = _labels_matrix(every, model.cfg.label_names)
+    if not database:
+        q = slice(0, len(samples))
+        i2t = mean_average_precision(img[bits][q], txt[bits][q], labels[q], labels[q])
+        t2i = mean_average_precision(txt[bits][q], img[bits][q], labels[q], labels[q])
+    else:
+        i2t = float(map_without_self(img[bits], txt[bits], labels, len(samples)).mean())
+        t2i = float(map_without_self(txt[bits], img[bits], labels, len(samples)).mean())
+    return {"bits": bits, "i2t": i2t, "t2i": t2i, "mean": 0.5 * (i2t + t2i), "database": len(every)}
 
 
 # ---- one optimisation step -----------------------------------------------------------------------
@@ -349,7 +396,8 @@ def _restore(last: Path, model: HashingModel, optimizer: torch.optim.Optimizer, 
     """Load weights, optimizer and counters from last/, refusing a folder that holds another run."""
     data = json.loads((last / STATE_JSON).read_text(encoding="utf-8"))
     old_train = data["train_config"]
-    changed = [k for k in _RESUME_KEYS if old_train.get(k) != train_cfg.to_dict()[k]]
+    new_train = train_cfg.to_dict()
+    changed = [k for k in _RESUME_KEYS if old_train.get(k) != new_train.get(k)]
     if data["model_config"] != model_cfg.to_dict() or data["data_hash"] != dhash or changed:
         what = ", ".join(changed) or ("model settings" if data["data_hash"] == dhash else "training data")
         raise TrainingError(last.parent, f"holds a run with different {what}; use another folder or resume=False")
@@ -421,12 +469,13 @@ def _train_loader(model: HashingModel, samples: Sequence[Sample], label_names: S
 
 
 def _validate_on_main(model: HashingModel, samples: Sequence[Sample], batch_size: int, device: torch.device,
-                      info: DistInfo, cache: FeatureCache | None, captions: Mapping[str, str] | None) -> dict | None:
+                      info: DistInfo, cache: FeatureCache | None, captions: Mapping[str, str] | None,
+                      database: Sequence[Sample] = ()) -> dict | None:
     """Validation by rank 0; every rank gets its result (the others wait for it)."""
     val = None
     if info.is_main:
         try:
-            val = validate(model, samples, batch_size, device, cache=cache, captions=captions)
+            val = validate(model, samples, batch_size, device, cache=cache, captions=captions, database=database)
         except torch.OutOfMemoryError as exc:
             raise _oom_error(batch_size) from exc
     return distributed.broadcast_object(val)
@@ -490,8 +539,9 @@ def _fit(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: Splits, out_dir
     reporter.emit({"event": "start", "epoch": state.epoch + 1, "epochs": train_cfg.epochs, "steps": steps,
                    "resumed": can_resume})
     captions = _captions(model_cfg)
-    cache, cancelled = _open_cache(model, train_cfg, out_dir, [*train_samples, *splits.val], device, autocast, info,
-                                   reporter, cancel)
+    val_database = list(splits.train) if train_cfg.val_database == "train+val" else []  # clean reports
+    cache, cancelled = _open_cache(model, train_cfg, out_dir, [*train_samples, *splits.val, *val_database], device,
+                                   autocast, info, reporter, cancel)
     if cancelled:
         return _cancelled_result(state, best, last, reporter)
     meta = {"training_data_hash": dhash, "train_config": train_cfg.to_dict(), "splits": splits.counts(),
@@ -523,7 +573,7 @@ def _fit(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: Splits, out_dir
         mean_losses = {k: v / max(1, steps) for k, v in sums.items()}
         val = None
         if epoch % train_cfg.val_every == 0 or epoch == train_cfg.epochs:
-            val = _validate_on_main(model, splits.val, bs, device, info, cache, captions)
+            val = _validate_on_main(model, splits.val, bs, device, info, cache, captions, val_database)
         state.epoch = epoch
         state.history.append({"epoch": epoch, "losses": mean_losses, "val_map": val, "lr": lr})
         epoch_meta = {**meta, "epoch": epoch, "metrics": {"val_map": val}}

@@ -56,7 +56,7 @@ from trainer.errors import DataError
 
 __all__ = [
     "distance_histograms", "evaluate_codes", "hamming_distances", "hamming_rank", "label_relevance",
-    "map_at_all", "map_at_all_stable", "map_at_k", "metrics_from_histograms", "pack_signs", "pr_curve",
+    "map_at_all", "map_at_all_stable", "map_at_k", "metrics_from_histograms", "pack_signs", "per_query_ap", "pr_curve",
     "precision_at_k", "recall_at_k", "unpack_codes",
 ]
 
@@ -374,6 +374,11 @@ def map_at_all_stable(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: Any, 
         score = np.where(rel, hits / ranks, 0.0).sum(axis=1)
         ap[s:e] = np.divide(score, total, out=np.zeros(e - s), where=total > 0)
     return float(ap.mean())
+
+
+def per_query_ap(n: np.ndarray, r: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Each query's expected AP (at k) from its histograms: what paired bootstrap intervals resample."""
+    return _expected_ap(n, r, None if k is None else _check_k(k))
 
 
 def metrics_from_histograms(n: np.ndarray, r: np.ndarray, k_list: Sequence[int] = ()) -> dict[str, Any]:

@@ -1,0 +1,204 @@
+"""The fair protocol: mirrored validation, backbone-lr scale, step budget, paired bootstrap,
+instance recall, the linear probe, and a resumable end-to-end grid on the tiny backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.trainer_synth import make_samples, tiny_model
+from trainer.config import TrainConfig
+from trainer.data.splits import make_splits
+from trainer.engine import map_without_self, optimizer_groups
+from trainer.evaluate import map_at_all, pack_signs
+from trainer.experiment import parse_methods
+from trainer.fair_protocol import (
+    FairSpec,
+    chosen_settings,
+    epochs_for,
+    expected_recall_group,
+    expected_recall_own,
+    load_results,
+    run_fair,
+)
+from trainer.linear_probe import average_precision, macro_auc, share_probability
+from trainer.paired_bootstrap import paired_interval
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ---- mirrored validation --------------------------------------------------------------------------
+def test_map_without_self_equals_leaving_each_own_item_out():
+    rng = np.random.default_rng(0)
+    q, db = rng.standard_normal((7, 16)), rng.standard_normal((20, 16))
+    db[:7] = q + 0.3 * rng.standard_normal((7, 16))  # the queries' own items sit near them
+    labels = rng.random((20, 3)) < 0.4
+    labels[3] = False  # a query without labels: its own item is not relevant
+    got = map_without_self(q, db, labels, 7)
+    for i in range(7):
+        keep = np.array([j for j in range(20) if j != i])
+        want = map_at_all(pack_signs(q[i:i + 1]), pack_signs(db[keep]), labels[i:i + 1], labels[keep])
+        assert got[i] == pytest.approx(want, abs=1e-12)
+
+
+# ---- optimizer -------------------------------------------------------------------------------------
+def test_backbone_lr_scale_reaches_the_backbone_and_only_it():
+    model = tiny_model("tripah", ["a", "b"])  # TriPAH scales its backbone by 0.1 itself
+    backbone = {id(p) for p in model.backbone.parameters()}
+    own = optimizer_groups(model, TrainConfig(lr=1e-3))
+    assert [g["lr"] for g in own if any(id(p) in backbone for p in g["params"])] == pytest.approx([1e-4, 1e-4])
+    groups = optimizer_groups(model, TrainConfig(lr=1e-3, backbone_lr_scale=0.5))
+    for g in groups:
+        inside = {id(p) in backbone for p in g["params"]}
+        assert len(inside) == 1  # a group is all backbone or none of it
+        assert g["lr"] == pytest.approx(5e-4 if inside == {True} else 1e-3)
+    assert sum(len(g["params"]) for g in groups) == len(model.trainable_parameters())
+
+
+def test_step_budget_rounds_up_to_whole_epochs():
+    assert epochs_for(1500, 2275, 32) == (22, 71)  # 22 x 71 = 1,562 steps >= 1,500
+    assert epochs_for(10, 5, 32) == (10, 1)
+
+
+# ---- statistics ------------------------------------------------------------------------------------
+def test_paired_interval_by_hand():
+    base = [[0.5, 0.5, 0.5, 0.5]]
+    iv = paired_interval([[0.6, 0.6, 0.6, 0.6]], base)  # every query +0.1: no spread at all
+    assert (iv.mean, iv.low, iv.high, iv.verdict) == (pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.1), "beats")
+    iv = paired_interval([[0.9, 0.1, 0.9, 0.1]], base)  # +0.4 / -0.4 in equal shares: mean 0
+    assert iv.mean == pytest.approx(0.0) and iv.low < 0 < iv.high and iv.verdict == "ties"
+    # seeds are averaged per query before resampling: -0.2 and 0.0 -> -0.1 everywhere
+    iv = paired_interval([[0.3, 0.3], [0.5, 0.5]], [[0.5, 0.5], [0.5, 0.5]])
+    assert (iv.high, iv.verdict, iv.seeds) == (pytest.approx(-0.1), "loses", 2)
+    with pytest.raises(ValueError):
+        paired_interval([[0.1, 0.2]], [[0.1]])
+
+
+def test_expected_recall_of_the_own_item_with_ties():
+    dist = np.array([[1, 0, 2], [1, 1, 1]])
+    own = np.array([0, 0])
+    assert expected_recall_own(dist, own, 1).tolist() == [0.0, pytest.approx(1 / 3)]
+    assert expected_recall_own(dist, own, 2).tolist() == [1.0, pytest.approx(2 / 3)]
+
+
+def test_expected_recall_of_a_group_with_ties():
+    dist = np.array([[0, 1, 1, 1]])
+    same = np.array([[False, True, False, False]])
+    # one item ahead, then a tie block of 3 holding 1 group item; top 2 takes 1 of the 3 at random
+    assert expected_recall_group(dist, same, 2)[0] == pytest.approx(1 / 3)
+    assert expected_recall_group(dist, same, 3)[0] == pytest.approx(1 - (2 / 3) * (1 / 2))
+    assert expected_recall_group(dist, same, 1)[0] == 0.0
+
+
+def test_probe_retrieval_pieces_by_hand():
+    ap = average_precision(np.array([[0.9, 0.8, 0.7]]), np.array([[True, False, True]]))
+    assert ap[0] == pytest.approx((1 / 1 + 2 / 3) / 2)
+    p = share_probability(np.array([[0.5, 0.5]]), np.array([[1.0, 1.0], [0.0, 0.5]]))
+    assert p[0].tolist() == [pytest.approx(0.75), pytest.approx(0.25)]
+    assert macro_auc(np.array([[0.9], [0.1], [0.5]]), np.array([[1], [0], [0]])) == pytest.approx(1.0)
+
+
+# ---- the grid --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fair_grid(tmp_path_factory: pytest.TempPathFactory):
+    samples = make_samples(tmp_path_factory.mktemp("shapes"), n=96, seed=0)
+    spec = FairSpec(parse_methods("base,base:classifier=on"), bits=[16, 32], noise_rates=[0.0], seeds=[0, 1],
+                    steps=14, batch_size=8, lr_grid=[1e-4, 3e-3], backbone_lr_grid=[1.0], select_bits=32,
+                    val_points=2, backbone="tiny", device="cpu", num_workers=0,
+                    split_sizes={"query": 16, "train": 56, "val": 12}, bootstrap=200)
+    out = tmp_path_factory.mktemp("fair") / "out"
+    first = run_fair(samples, spec, out, max_runs=3, command="medhash experiment --protocol fair")
+    second = run_fair(samples, spec, out, command="medhash experiment --protocol fair")
+    return samples, spec, out, first, second
+
+
+def test_a_call_stops_at_its_run_budget_and_the_next_resumes(fair_grid):
+    _, _, out, first, second = fair_grid
+    assert len(first.ran) == 3 and first.pending
+    assert set(first.ran).isdisjoint(second.ran) and not second.pending
+    assert len(load_results(out)) == 4 + 4  # 2 variants x 2 lrs to select, 2 variants x 2 seeds final
+
+
+def test_selection_picks_the_best_mirrored_val_map_per_method(fair_grid):
+    _, spec, out, _, _ = fair_grid
+    results = load_results(out)
+    chosen = chosen_settings(spec, results)
+    for v in spec.variants:
+        cells = {(r["lr"], r["backbone_lr_scale"]): r["best_val_map"] for r in results.values()
+                 if r["phase"] == "select" and r["variant"] == v.label}
+        assert chosen[v.label] == max(cells, key=cells.get)
+        finals = [r for r in results.values() if r["phase"] == "final" and r["variant"] == v.label]
+        assert {(r["lr"], r["backbone_lr_scale"]) for r in finals} == {chosen[v.label]}
+
+
+def test_runs_share_one_split_budget_and_mirrored_validation(fair_grid):
+    _, spec, out, _, _ = fair_grid
+    finals = [r for r in load_results(out).values() if r["phase"] == "final"]
+    assert len({tuple(r["query_ids"]) for r in finals}) == 1  # one split for every seed and method
+    for r in finals:
+        assert r["steps"] >= spec.steps
+        assert r["fingerprint"]["train_config"]["val_database"] == "train+val"
+        assert r["val_history"][0]["val_map"]["database"] == 56 + 12
+        assert len(r["per_query_ap"]["i2t@32"]) == 16
+        assert 0.0 <= r["instance_recall"]["32"]["i2t_own_r@1"] <= r["instance_recall"]["32"]["i2t_own_r@10"] <= 1.0
+
+
+def test_report_gives_intervals_verdicts_and_the_probe(fair_grid):
+    _, _, out, _, second = fair_grid
+    text = Path(second.report).read_text(encoding="utf-8")
+    assert "medhash experiment --protocol fair" in text
+    row = next(line for line in text.splitlines() if line.startswith("| base:classifier=on |") and "[" in line)
+    assert any(v in row for v in ("beats", "ties", "loses"))
+    probe = json.loads((out / "probe.json").read_text(encoding="utf-8"))
+    assert 0.0 < probe["i2t_map"] <= 1.0 and 0.0 < probe["t2i_map"] <= 1.0
+    assert "Linear-probe reference" in text
+
+
+def test_splits_are_patient_disjoint(fair_grid):
+    samples, spec, _, _, _ = fair_grid
+    splits = make_splits(samples, sizes=spec.split_sizes, seed=spec.split_seed)
+    assert not {s.patient_id for s in splits.query} & {s.patient_id for s in splits.train}
+    assert torch.get_num_threads() == 1
+
+
+# ---- the command ---------------------------------------------------------------------------------
+def test_cli_fair_protocol_with_relevance_from_a_manifest_column(tmp_path: Path):
+    import typer
+    from typer.testing import CliRunner
+
+    from medhash_app.cli_research import register
+    from medhash_app.core.experiment import relevance_samples
+    from medhash_app.core.ingest import ingest
+    from medhash_app.core.library import Library
+
+    samples = make_samples(tmp_path / "src", n=60, seed=1)
+    rows = [{"image": Path(s.image_path).name, "report": s.report, "patient_id": s.patient_id,
+             "shape_seen": s.labels[0]} for s in samples]  # no labels column: relevance comes from shape_seen
+    (tmp_path / "src" / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    with Library.open(tmp_path / "lib", create=True) as lib:
+        assert ingest([tmp_path / "src" / "manifest.jsonl"], lib, workers=1).added == 60
+        by_relevance = relevance_samples(lib, ["shape_seen"])
+    assert sorted({s.labels[0] for s in by_relevance}) == ["circle", "square", "triangle"]
+    app = typer.Typer()
+    register(app)
+    out = tmp_path / "fair"
+    args = ["experiment", "--protocol", "fair", "--library", str(tmp_path / "lib"), "--out", str(out),
+            "--methods", "base", "--bits", "16", "--noise", "0", "--seeds", "0", "--steps", "6",
+            "--lr-grid", "0.001", "--backbone-lr-grid", "1", "--phase", "select,final",
+            "--relevance", "shape_seen", "--backbone", "tiny", "--device", "cpu", "--workers", "0",
+            "--batch-size", "8", "--split-sizes", "query=10,train=40,val=10", "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert sorted(payload["ran"]) == ["final_base_lr0.001_bb1_n00_s0", "select_base_lr0.001_bb1_n00_s0"]
+    final = json.loads((out / "results" / "final_base_lr0.001_bb1_n00_s0.json").read_text(encoding="utf-8"))
+    assert final["reused_from"] == "select_base_lr0.001_bb1_n00_s0"  # same training: evaluated, not repeated
+    assert len(final["per_query_ap"]["i2t@16"]) == 10
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "relevance = same shape_seen" in report and "--protocol fair" in report
+    res = CliRunner().invoke(app, [*args[:args.index("--phase")], "--phase", "final,nonsense", *args[args.index("--phase") + 2:]])
+    assert res.exit_code == 2 and json.loads(res.stdout)["item"] == "--phase"

@@ -1,0 +1,198 @@
+"""report.md of the fair protocol (trainer/fair_protocol.py): how each method was tuned, what it
+scored, and where it stands against BASE with paired bootstrap intervals.
+
+Sections: the protocol as declared; the selection grid (mirrored val mAP per lr x backbone-lr
+scale, the chosen pair marked); test mAP@all (mean ± sd over seeds); method - BASE with its 95 %
+interval and verdict; rare-class AP; instance recall (own report / own case); the linear-probe
+reference; the leak study; the runs still pending. Every number comes from results/<run>.json.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.experiment_report import DIRECTION_NAMES, cell, pct, table
+from trainer.paired_bootstrap import paired_interval
+
+Results = dict[str, dict[str, Any]]
+RARE = 5
+
+
+def _final(results: Results, label: str, noise: float, *, leak: bool = False) -> list[dict[str, Any]]:
+    return sorted((r for r in results.values() if r["phase"] == ("leak" if leak else "final")
+                   and r["variant"] == label and abs(r["noise_rate"] - noise) < 1e-9), key=lambda r: r["seed"])
+
+
+def protocol_lines(spec: Any, command: str, data_name: str, splits: dict[str, int], results: Results) -> list[str]:
+    machines = sorted({r["machine"] for r in results.values() if r.get("machine")})
+    return [
+        "# Fair comparison of the hashing methods", "",
+        f"Data: {data_name or '–'}; splits (one split, seed {spec.split_seed}, patient/case-disjoint): "
+        + ", ".join(f"{k} {v}" for k, v in splits.items()) + ".",
+        f"Every run: batch {spec.batch_size}, at least {spec.steps} optimizer steps (whole epochs; the exact "
+        f"count is in each run's JSON), AdamW with warm-up and cosine decay, the best epoch chosen on "
+        f"validation that mirrors the test (val queries against train + val items, each query's own item "
+        f"left out), validated about {spec.val_points} times per run. Backbone: {spec.backbone}.",
+        f"Tuning: lr in {spec.lr_grid} x backbone-lr scale in {spec.backbone_lr_grid}, chosen per method on "
+        f"that validation at {spec.select_bits} bits, seed {spec.select_seed}, no noise, "
+        f"{spec.select_steps or spec.steps} steps. Final runs: seeds {spec.seeds} (initialisation, batch "
+        f"order and injected noise), noise {', '.join(pct(n) for n in spec.noise_rates)}, {spec.bits} bits.",
+        f"Intervals: paired per-query bootstrap ({spec.bootstrap} resamples, 95 %) of the method's AP minus "
+        "BASE's on the same test queries, averaged over the seeds both have; \"beats\"/\"loses\" only "
+        "when the whole interval is above/below zero.",
+        f"Generated {dt.date.today().isoformat()}. Machine(s): {'; '.join(machines) or '–'}.", "",
+        "```bash", command or "(command not recorded)", "```", ""]
+
+
+def selection_lines(spec: Any, results: Results, chosen: dict[str, tuple[float, float]]) -> list[str]:
+    cols = [(lr, bb) for lr in spec.lr_grid for bb in spec.backbone_lr_grid]
+    rows = []
+    for v in spec.variants:
+        row = [v.label]
+        for lr, bb in cols:
+            hit = [r for r in results.values() if r["phase"] == "select" and r["variant"] == v.label
+                   and r["lr"] == lr and r["backbone_lr_scale"] == bb]
+            text = f"{hit[0]['best_val_map']:.3f}" if hit else "–"
+            row.append(f"**{text}**" if chosen.get(v.label) == (lr, bb) else text)
+        rows.append(row)
+    header = ["Method"] + [f"lr {lr:g}, bb ×{bb:g}" for lr, bb in cols]
+    return ["## Selection (mirrored validation mAP, mean of I→T and T→I; chosen in bold)", "",
+            *table(header, rows), ""]
+
+
+def map_lines(spec: Any, results: Results) -> list[str]:
+    lines = ["## Test mAP@all (mean ± sd over seeds; n = seeds finished)", ""]
+    header = ["Method", "n"] + [f"{DIRECTION_NAMES[d]} {b}" for d in DIRECTION_NAMES for b in spec.bits]
+    for noise in spec.noise_rates:
+        rows = []
+        for v in spec.variants:
+            runs = _final(results, v.label, noise)
+            rows.append([v.label, str(len(runs))] + [cell([r["metrics"][f"{d}@{b}"]["map_all"] for r in runs])
+                                                     for d in DIRECTION_NAMES for b in spec.bits])
+        lines += [f"### Noise {pct(noise)}", "", *table(header, rows), ""]
+    return lines
+
+
+def paired(results: Results, label: str, base_label: str, noise: float, key: str, resamples: int,
+           *, leak: bool = False) -> Any:
+    """Interval of `label` minus `base_label` on `key` ("i2t@64") over the seeds both finished."""
+    mine = {r["seed"]: r for r in _final(results, label, noise, leak=leak)}
+    base = {r["seed"]: r for r in _final(results, base_label, noise)}
+    seeds = sorted(set(mine) & set(base))
+    if not seeds:
+        return None
+    if any(mine[s]["query_ids"] != base[s]["query_ids"] for s in seeds):
+        raise ValueError(f"{label} and {base_label} were evaluated on different queries")
+    return paired_interval([mine[s]["per_query_ap"][key] for s in seeds], [base[s]["per_query_ap"][key] for s in seeds],
+                           resamples=resamples)
+
+
+def versus_base_lines(spec: Any, results: Results) -> list[str]:
+    base = next((v.label for v in spec.variants if v.method == "base"), None)
+    if base is None:
+        return []
+    lines = ["## Each method minus BASE: mean difference [95 % interval] verdict", ""]
+    header = ["Method"] + [f"{DIRECTION_NAMES[d]} {b}" for d in DIRECTION_NAMES for b in spec.bits]
+    for noise in spec.noise_rates:
+        rows = []
+        for v in spec.variants:
+            if v.label == base:
+                continue
+            cells = []
+            for d in DIRECTION_NAMES:
+                for b in spec.bits:
+                    iv = paired(results, v.label, base, noise, f"{d}@{b}", spec.bootstrap)
+                    cells.append(iv.text() + (f" (n={iv.seeds})" if iv is not None and iv.seeds < len(spec.seeds) else "")
+                                 if iv is not None else "–")
+            rows.append([v.label] + cells)
+        lines += [f"### Noise {pct(noise)}", "", *table(header, rows), ""]
+    return lines
+
+
+def rare_lines(spec: Any, results: Results) -> list[str]:
+    lines = [f"## Rare classes: mean AP over the {RARE} classes with the fewest training positives "
+             "(largest code length; mean over seeds)", ""]
+    rows = []
+    for noise in spec.noise_rates:
+        for v in spec.variants:
+            runs = _final(results, v.label, noise)
+            if not runs:
+                continue
+            vals = {d: [] for d in DIRECTION_NAMES}
+            for r in runs:
+                classes = r["per_class"]["classes"]
+                rare = sorted((c for c in classes.values() if c["query_positives"]), key=lambda c: c["train_positives"])[:RARE]
+                for d in DIRECTION_NAMES:
+                    vals[d].append(float(np.mean([c[f"{d}_ap"] for c in rare])) if rare else None)
+            rows.append([pct(noise), v.label] + [cell(vals[d]) for d in DIRECTION_NAMES])
+    return lines + table(["Noise", "Method", "I→T", "T→I"], rows) + [""] if rows else []
+
+
+def recall_lines(spec: Any, results: Results) -> list[str]:
+    """Instance-level recall inside the query split at the largest length, no noise."""
+    bits = str(max(spec.bits))
+    keys = [f"{d}_{kind}_r@{k}" for d in DIRECTION_NAMES for kind in ("own", "case") for k in (1, 5, 10)]
+    rows = []
+    for v in spec.variants:
+        runs = [r for r in _final(results, v.label, 0.0) if r.get("instance_recall")]
+        if runs:
+            rows.append([v.label] + [cell([r["instance_recall"][bits][k] for r in runs]) for k in keys])
+    if not rows:
+        return []
+    header = ["Method"] + [k.replace("i2t", "I→T").replace("t2i", "T→I").replace("_", " ") for k in keys]
+    return [f"## Instance recall inside the query split ({bits} bits, no noise): own report / own image "
+            "(\"own\") and any item of the same case or patient (\"case\")", "", *table(header, rows), ""]
+
+
+def probe_lines(out: Path) -> list[str]:
+    path = out / "probe.json"
+    if not path.is_file():
+        return []
+    import json
+    p = json.loads(path.read_text(encoding="utf-8"))
+    return ["## Linear-probe reference of the frozen features", "",
+            "One multi-label logistic regression per modality on the pretrained towers' global features "
+            "(trainer/linear_probe.py; weight decay chosen on val); retrieval ranks the other modality by "
+            "P(share a label) from the two probes, continuous scores, no code length.", "",
+            *table(["", "I→T mAP", "T→I mAP", "image probe AUC (query)", "text probe AUC (query)"],
+                   [["probe", f"{p['i2t_map']:.3f}", f"{p['t2i_map']:.3f}", f"{p['image']['query_macro_auc']:.3f}",
+                     f"{p['text']['query_macro_auc']:.3f}"]]), ""]
+
+
+def leak_lines(spec: Any, results: Results) -> list[str]:
+    rows = []
+    for v in spec.variants:
+        if not _final(results, v.label, 0.0, leak=True):
+            continue
+        for d in DIRECTION_NAMES:
+            for b in spec.bits:
+                key = f"{d}@{b}"
+                leak = [r["metrics"][key]["map_all"] for r in _final(results, v.label, 0.0, leak=True)]
+                honest = [r["metrics"][key]["map_all"] for r in _final(results, v.label, 0.0)]
+                iv = paired(results, v.label, v.label, 0.0, key, spec.bootstrap, leak=True)
+                rows.append([v.label, f"{DIRECTION_NAMES[d]} {b}", cell(honest), cell(leak), iv.text() if iv else "–"])
+    if not rows:
+        return []
+    return ["## Leak study: image codes built with the paired report (diagnostic only, never in the app)", "",
+            *table(["Method", "Cell", "honest", "with the leak", "leak minus honest"], rows), ""]
+
+
+def write_fair_report(out: Path, spec: Any, results: Results, *, command: str, data_name: str,
+                      splits: dict[str, int], pending: Sequence[str]) -> Path:
+    from trainer.fair_protocol import chosen_settings
+
+    chosen = chosen_settings(spec, results)
+    lines = protocol_lines(spec, command, data_name, splits, results)
+    lines += selection_lines(spec, results, chosen)
+    lines += map_lines(spec, results) + versus_base_lines(spec, results) + rare_lines(spec, results)
+    lines += recall_lines(spec, results) + probe_lines(out) + leak_lines(spec, results)
+    if pending:
+        lines += ["## Pending (not run yet; the same command resumes)", "", *[f"- {p}" for p in pending], ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
