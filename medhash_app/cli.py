@@ -67,10 +67,14 @@ def main_callback(ctx: typer.Context,
 @app.command("ingest")
 def ingest_cmd(paths: Annotated[list[Path], typer.Argument(help="Files, folders, DICOMDIRs or manifests.")],
                library: LibraryOpt, as_json: JsonOpt = False,
-               domain: Annotated[str | None, typer.Option(help="chest or fundus (default: detect).")] = None,
+               domain: Annotated[str | None, typer.Option(help="chest, fundus or other (default: detect).")] = None,
                ) -> None:
     """Add images (and their reports) to a library, creating it if needed; re-runs skip what is there."""
+    from medhash_app.core.ingest.rows import DOMAINS
+
     try:
+        if domain is not None and domain not in DOMAINS:
+            raise MedHashError("--domain", f"must be one of {', '.join(DOMAINS)}, not {domain!r}")
         with _session(library, create=True) as session, cancellable() as cancel, \
                 progress_bar("Ingest", not as_json) as update:
             report = session.ingest(paths, domain=domain, cancel=cancel,

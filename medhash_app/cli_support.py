@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from medhash_app.core.errors import MedHashError
@@ -46,7 +47,7 @@ def fail(exc: MedHashError, as_json: bool) -> None:
     if as_json:
         emit_json({"error": type(exc).__name__, "item": exc.item, "reason": exc.reason})
     else:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)  # one line
     raise typer.Exit(2)
 
 
@@ -91,7 +92,13 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
         def update(done: int, total: int | None, note: str = "") -> None:
             bar.update(task, completed=done, total=total, note=note)
 
-        yield update
+        try:
+            yield update
+        except BaseException:  # a failed job leaves its one error line, not a stale bar
+            bar.live.transient = True
+            bar.live.stop()
+            bar.disable = True  # Progress.stop would print an empty line on a non-terminal
+            raise
 
 
 class Stopwatch:

@@ -325,3 +325,11 @@ def test_checksum_depends_on_ids_and_codes():
     flipped[3, 2] ^= 4
     assert base != content_checksum(ids, flipped)
     assert content_checksum(np.arange(50), db) != content_checksum(np.arange(50) + 1, db)
+
+
+def test_checksum_of_an_empty_code_set():
+    """A model registered before it encoded anything has 0 codes: no memoryview TypeError."""
+    empty = content_checksum(np.array([], dtype=str), np.zeros((0, 2), np.uint8))
+    assert empty == content_checksum(np.array([], dtype=str), np.zeros((0, 2), np.uint8))
+    assert empty != content_checksum(np.zeros(0, np.int64), np.zeros((0, 2), np.uint8))
+    assert empty != content_checksum(np.array([], dtype=str), np.zeros((0, 4), np.uint8))

@@ -43,15 +43,15 @@ def content_checksum(ids: np.ndarray, codes: np.ndarray) -> str:
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     ids = np.asarray(ids)
     h = hashlib.sha256(f"medhash-index:{codes.shape[0]}x{codes.shape[1]};".encode())
-    h.update(memoryview(codes).cast("B"))
+    h.update(codes)  # the buffer itself: memoryview.cast fails on 0 rows
     if ids.dtype.kind in "iu":
         h.update(b"ids:int64;")
-        h.update(memoryview(np.ascontiguousarray(ids, dtype="<i8")).cast("B"))
+        h.update(np.ascontiguousarray(ids, dtype="<i8"))
     else:
         text = np.ascontiguousarray(ids.astype(str))
         text = text.astype(f"<U{max(1, text.dtype.itemsize // 4)}")
         h.update(f"ids:{text.dtype.str};".encode())
-        h.update(memoryview(text).cast("B"))
+        h.update(text)
     return h.hexdigest()
 
 

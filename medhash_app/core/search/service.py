@@ -84,6 +84,7 @@ class SearchService:
         kind, encoded, findings = self._encode(encoder, query)
         t1 = time.perf_counter()
         targets = _targets(kind, query.target)
+        self._require_codes(model, targets, bits)
         shortlist = query.k * (RERANK_SHORTLIST if query.rerank else 1)
         flt = _normalise(query.filters)
         ranked = [self._rank(model["id"], m, bits, encoded.codes[bits][0], shortlist, flt) for m in targets]
@@ -106,6 +107,13 @@ class SearchService:
         if wanted not in bits:
             raise ModelError(f"model {model['id']}", f"has no {wanted}-bit codes (it has {bits})")
         return wanted
+
+    def _require_codes(self, model: dict, modalities: list[str], bits: int) -> None:
+        """A model registered but not yet run over the library has nothing to rank: say what to do."""
+        if not any(self.library.count_codes(model["id"], m, bits) for m in modalities):
+            kinds = " or ".join("report" if m == "text" else m for m in modalities)
+            raise ModelError(f"model {model['id']}", f"has no codes yet ({kinds} codes, {bits} bits); compute "
+                                                    f"them with `medhash encode --model {model['id']}`")
 
     @staticmethod
     def _encode(encoder: EncoderService, query: SearchQuery) -> tuple[str, EncodedBatch, list[str]]:

@@ -8,6 +8,8 @@ import gzip
 import io
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,20 +53,50 @@ def read_header(path: Path) -> list[str]:
         return list(next(_xlsx_rows(path), {}).keys())
     if suffix in (".jsonl", ".ndjson"):
         return list(next(read_table(path), {}).keys())
-    with _open_text(path) as handle:
-        return next(csv.reader(handle, delimiter="\t" if suffix == ".tsv" else ","), [])
+    try:
+        with _open_text(path) as handle:
+            return next(csv.reader(handle, delimiter="\t" if suffix == ".tsv" else ","), [])
+    except _TABLE_ERRORS as exc:
+        raise table_error(path, exc) from exc
 
 
 def read_table(path: Path) -> Iterator[dict[str, Any]]:
-    """Rows of a CSV/TSV (optionally gzipped), JSON Lines or XLSX file as dicts."""
+    """Rows of a CSV/TSV (optionally gzipped), JSON Lines or XLSX file as dicts. A file that is not
+    UTF-8, not gzip, damaged or unreadable is a DatasetLayoutError naming it (even mid-file)."""
     suffix = table_suffix(path)
-    if suffix == ".xlsx":
-        yield from _xlsx_rows(path)
-    elif suffix in (".jsonl", ".ndjson"):
-        yield from _jsonl_rows(path)
-    else:
-        with _open_text(path) as handle:
-            yield from csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+    try:
+        if suffix == ".xlsx":
+            yield from _xlsx_rows(path)
+        elif suffix in (".jsonl", ".ndjson"):
+            yield from _jsonl_rows(path)
+        else:
+            with _open_text(path) as handle:
+                yield from csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+    except _TABLE_ERRORS as exc:
+        raise table_error(path, exc) from exc
+
+
+# What reading a table can raise besides our own errors; OSError includes gzip.BadGzipFile.
+_TABLE_ERRORS = (UnicodeDecodeError, EOFError, zlib.error, zipfile.BadZipFile, csv.Error, OSError)
+
+
+def table_error(path: Path, exc: BaseException) -> DatasetLayoutError:
+    """The reason a table could not be read, in words a user can act on."""
+    if isinstance(exc, UnicodeDecodeError):
+        byte = exc.object[exc.start:exc.start + 1].hex()
+        return DatasetLayoutError(path, f"is not UTF-8 text (it has the byte 0x{byte}, e.g. from a Latin-1 or "
+                                        "Windows export); save it as UTF-8")
+    if isinstance(exc, gzip.BadGzipFile):
+        return DatasetLayoutError(path, "is not a gzip file (its name ends in .gz); compress it with gzip "
+                                        "or remove the .gz from its name")
+    if isinstance(exc, EOFError | zlib.error):
+        return DatasetLayoutError(path, f"the gzip data is truncated or damaged ({exc})")
+    if isinstance(exc, zipfile.BadZipFile):
+        return DatasetLayoutError(path, "is not a valid .xlsx workbook")
+    if isinstance(exc, csv.Error):
+        return DatasetLayoutError(path, f"is not a readable CSV/TSV table ({exc})")
+    strerror = getattr(exc, "strerror", None)
+    return DatasetLayoutError(path, f"cannot be read ({strerror or exc})")
 
 
 def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
