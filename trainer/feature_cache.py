@@ -446,13 +446,13 @@ class FeatureCache:
     def loader(self, samples: Sequence[Sample], tokenizer: Callable[[Sequence[str]], dict[str, Tensor]],
                label_names: Sequence[str], *, batch_size: int, shuffle: bool = False, seed: int = 0,
                sampler: Sampler | None = None, drop_last: bool = False,
-               captions: Mapping[str, str] | None = None) -> DataLoader:
+               captions: Mapping[str, str] | None = None, paired_report: bool = False) -> DataLoader:
         """Batches like data.dataset.make_loader, but carrying cached stems instead of decoded images.
 
         No worker processes: reading memory-mapped rows is far cheaper than starting workers.
         """
         generator = torch.Generator().manual_seed(seed) if shuffle and sampler is None else None
-        return DataLoader(_CachedPairs(samples, label_names, captions), batch_size=batch_size,
+        return DataLoader(_CachedPairs(samples, label_names, captions, paired_report), batch_size=batch_size,
                           shuffle=shuffle and sampler is None, sampler=sampler, generator=generator,
                           collate_fn=_CachedCollate(self, tokenizer), drop_last=drop_last, num_workers=0)
 
@@ -461,15 +461,17 @@ class _CachedPairs(Dataset):
     """Item i -> (image path, report, multi-hot labels, i, image meta); the image is never decoded."""
 
     def __init__(self, samples: Sequence[Sample], label_names: Sequence[str],
-                 captions: Mapping[str, str] | None) -> None:
+                 captions: Mapping[str, str] | None, paired_report: bool = False) -> None:
         self.samples, self.label_names, self.captions = list(samples), list(label_names), captions
+        self.paired_report = paired_report  # the leak study's diagnostic models only (data.dataset.make_loader)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[str, str, Tensor, int, dict[str, Any]]:
         s = self.samples[i]
-        return s.image_path, s.report, multi_hot(s.labels, self.label_names), i, image_meta(s, self.captions)
+        meta = image_meta(s, self.captions, paired_report=self.paired_report)
+        return s.image_path, s.report, multi_hot(s.labels, self.label_names), i, meta
 
 
 class _CachedCollate:

@@ -34,6 +34,9 @@ from trainer.errors import DataError
 CAPTION_KEY = "caption"
 # Side information that belongs to the image itself (DICOM header facts, its own caption).
 IMAGE_META_KEYS = ("caption", "age", "sex", "view", "laterality", "modality", "eye", "body_part")
+# The paired report, in the image meta ONLY for the leak study's diagnostic models
+# (models.views.LEAK_OPTION); never part of an honest image's meta.
+PAIRED_REPORT_KEY = "paired_report"
 NO_FINDINGS_SENTENCE = "No acute findings."
 _NORMAL_NAMES = frozenset({"no finding", "normal"})
 _KEY_COLUMNS = ("id", "image")
@@ -136,15 +139,19 @@ def caption_for(sample: Sample, captions: Mapping[str, str] | None) -> str | Non
     return text.strip() if isinstance(text, str) and text.strip() else None
 
 
-def image_meta(sample: Sample, captions: Mapping[str, str] | None = None) -> dict[str, Any]:
+def image_meta(sample: Sample, captions: Mapping[str, str] | None = None, *,
+               paired_report: bool = False) -> dict[str, Any]:
     """Side information that travels with the image: allow-listed metadata plus its caption.
 
-    Never contains the report: only IMAGE_META_KEYS are copied.
+    Never contains the report (only IMAGE_META_KEYS are copied), unless `paired_report` is set:
+    then the report is added under PAIRED_REPORT_KEY, for the leak study's diagnostic models only.
     """
     meta = {k: sample.metadata[k] for k in IMAGE_META_KEYS if k in sample.metadata and k != CAPTION_KEY}
     caption = caption_for(sample, captions)
     if caption is not None:
         meta[CAPTION_KEY] = caption
+    if paired_report:
+        meta[PAIRED_REPORT_KEY] = sample.report
     return meta
 
 

@@ -71,15 +71,18 @@ class PairDataset(Dataset):
     """Image-report pairs: item i -> (image tensor, report, multi-hot labels, i, image meta).
 
     The image meta (captions.image_meta: allow-listed image-side metadata + the image's caption
-    from `captions`, if given) never contains the report.
+    from `captions`, if given) never contains the report, unless `paired_report` is set (the leak
+    study's diagnostic models only, models.views.LEAK_OPTION).
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], Tensor],
-                 label_names: Sequence[str], captions: Mapping[str, str] | None = None) -> None:
+                 label_names: Sequence[str], captions: Mapping[str, str] | None = None,
+                 paired_report: bool = False) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.label_names = list(label_names)
         self.captions = captions
+        self.paired_report = paired_report
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -87,7 +90,8 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, str, Tensor, int, dict[str, Any]]:
         s = self.samples[i]
         image = self.transform(read_rgb(s.image_path))
-        return image, s.report, multi_hot(s.labels, self.label_names), i, image_meta(s, self.captions)
+        meta = image_meta(s, self.captions, paired_report=self.paired_report)
+        return image, s.report, multi_hot(s.labels, self.label_names), i, meta
 
 
 class Collate:
@@ -123,16 +127,19 @@ def make_loader(
     pin_memory: bool = False,
     captions: Mapping[str, str] | None = None,
     sampler: Sampler | None = None,
+    paired_report: bool = False,
 ) -> DataLoader:
     """DataLoader of `Batch`es; with shuffle, the order is fixed by `seed` (the engine passes seed+epoch).
 
     `captions` (captions.load_captions) adds each image's caption to Batch.extras["meta"].
     A `sampler` (the engine's DistributedSampler under torchrun) replaces `shuffle`.
+    `paired_report` adds each image's paired report to its meta: ONLY for a model built with the
+    leak study's diagnostic option (models.views.LEAK_OPTION); off, the meta is exactly as before.
     """
     shuffle = shuffle and sampler is None
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
-        PairDataset(samples, transform, label_names, captions),
+        PairDataset(samples, transform, label_names, captions, paired_report),
         batch_size=batch_size,
         shuffle=shuffle,
         sampler=sampler,
