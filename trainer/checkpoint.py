@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import Tensor
 
 from trainer.config import ModelConfig
+from trainer.config_schema import MAX_CONFIG_BYTES, check_depth, validate_model_config
 from trainer.errors import CheckpointError, MedHashError
 from trainer.models.hashing import HashingModel
 from trainer.models.registry import build_model, get_method
@@ -105,19 +107,46 @@ def _swap_in(tmp: Path, folder: Path) -> None:
 
 
 def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
-    """config.json of a checkpoint, validated enough to rebuild the model."""
+    """config.json of a checkpoint, checked (config_schema) before anything is built from it:
+    the format version, the nesting depth, and every model_config field's type and bounds."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(folder, "checkpoint folder not found")
     try:
-        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+        config = json.loads(_read_config_text(folder / CONFIG))
     except FileNotFoundError as exc:
         raise CheckpointError(folder, f"{CONFIG} is missing") from exc
-    except (OSError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise CheckpointError(folder, f"{CONFIG} is nested too deeply to be a checkpoint configuration") from None
+    except OSError as exc:
+        raise CheckpointError(folder, f"{CONFIG} is unreadable ({exc.strerror or exc})") from exc
+    except ValueError as exc:  # not JSON, not UTF-8
         raise CheckpointError(folder, f"{CONFIG} is unreadable ({exc.__class__.__name__})") from exc
     if not isinstance(config, dict) or "model_config" not in config:
         raise CheckpointError(folder, f"{CONFIG} is not a MedHash checkpoint configuration")
+    version = config.get("format")
+    if isinstance(version, bool) or version != FORMAT:
+        raise CheckpointError(folder, f"{CONFIG} has format {version!r:.20}; this MedHash reads checkpoint "
+                                      f"format {FORMAT} (a newer MedHash wrote it, or it is not a checkpoint)")
+    if not isinstance(config.get("metrics", {}), dict):
+        raise CheckpointError(folder, f"{CONFIG}: metrics must be a JSON object")
+    try:
+        check_depth(config, CONFIG)
+        validate_model_config(config["model_config"], prefix="model_config.")
+    except MedHashError as exc:
+        raise CheckpointError(folder, f"{CONFIG}: {exc.reason}") from exc
     return config
+
+
+def _read_config_text(path: Path) -> str:
+    """The text of a regular file of at most MAX_CONFIG_BYTES (a FIFO or a huge file is refused)."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(f"{path.name} is not a regular file")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise OSError(f"{path.name} is larger than {MAX_CONFIG_BYTES:,} bytes")
+    with open(path, "rb") as handle:
+        return handle.read(MAX_CONFIG_BYTES + 1)[:MAX_CONFIG_BYTES].decode("utf-8")
 
 
 def load_checkpoint(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.config_schema import BITS, MIN_TEXT_WINDOW, validate_model_config
 from trainer.errors import MedHashError
 
 DEFAULT_BITS = (16, 32, 64, 128)
@@ -39,7 +40,6 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
 }
 
 NOISE_HANDLINGS = ("none", "adaptive_temperature")
-MIN_TEXT_WINDOW = 4  # a window must hold the tower's special tokens and a few words
 DEVICES = ("auto", "cpu", "cuda")
 VAL_DATABASES = ("val", "train+val")
 
@@ -73,9 +73,13 @@ class ModelConfig:
     text_window: int | None = None
 
     def __post_init__(self) -> None:
-        self.bits = sorted({int(b) for b in self.bits})
-        if not self.bits or any(b <= 0 or b % 8 for b in self.bits):
-            raise MedHashError("model config", f"bits must be positive multiples of 8, got {self.bits}")
+        try:
+            self.bits = sorted({int(b) for b in self.bits})
+        except (TypeError, ValueError):
+            raise MedHashError("model config", f"bits must be whole numbers, got {self.bits!r}") from None
+        if not self.bits or any(not BITS[0] <= b <= BITS[1] or b % 8 for b in self.bits):
+            raise MedHashError("model config", f"bits must be multiples of 8 from {BITS[0]} to {BITS[1]}, "
+                                               f"got {self.bits}")
         self.components = {**DEFAULT_COMPONENTS, **self.components}
         self.loss_weights = {k: float(v) for k, v in self.loss_weights.items()}
         self.label_names = [str(n) for n in self.label_names]
@@ -96,7 +100,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return _from_dict(cls, dict(data), "model config")
+        """Checked against config_schema (types and bounds, naming the field) before anything is built."""
+        return _from_dict(cls, dict(validate_model_config(data)), "model config")
 
 
 def method_loss_weights(cfg: ModelConfig, defaults: dict[str, float], method: str | None = None) -> dict[str, float]:
@@ -182,6 +187,8 @@ def save_json(obj: ModelConfig | TrainConfig, path: str | Path) -> None:
 def load_json(cls: type[ModelConfig | TrainConfig], path: str | Path) -> ModelConfig | TrainConfig:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
         raise MedHashError(path, f"cannot read configuration: {exc}") from exc
+    except RecursionError:
+        raise MedHashError(path, "cannot read configuration: it is nested too deeply") from None
     return cls.from_dict(data)
