@@ -16,6 +16,7 @@ from trainer.data.dataset import Batch
 from trainer.data.splits import make_splits
 from trainer.engine import fit, mean_average_precision
 from trainer.errors import MedHashError
+from trainer.models import prompthash
 from trainer.models.fusion import AGSF
 from trainer.models.prompthash import affinity, class_prompt_names
 
@@ -123,6 +124,42 @@ def test_taap_needs_label_names_unless_switched_off():
         make_model(labels=[])
     model = make_model({"taap": False}, labels=[])
     assert not hasattr(model, "class_prompts")
+
+
+def _info_nce(a, b, tau):
+    """Symmetric InfoNCE of paired rows, in plain Python."""
+    cos = lambda x, y: sum(p * q for p, q in zip(x, y, strict=True)) / math.sqrt(sum(p * p for p in x) * sum(q * q for q in y))
+    n = len(a)
+    ce = lambda logits, i: math.log(sum(math.exp(z) for z in logits)) - logits[i]
+    rows = sum(ce([cos(a[i], b[j]) / tau for j in range(n)], i) for i in range(n)) / n
+    cols = sum(ce([cos(b[j], a[i]) / tau for i in range(n)], j) for j in range(n)) / n
+    return 0.5 * (rows + cols)
+
+
+def test_code_infonce_uses_its_own_temperature_0_3():
+    assert prompthash.OPTIONS["code_tau"] == 0.3 and prompthash.OPTIONS["tau"] == 0.07
+    model = make_model().eval()
+    batch = make_batch(model, n=4)
+    with torch.no_grad():
+        terms = model.loss_terms(batch, TrainConfig(), epoch=1)
+        h_img, h_txt = model.encode_image(batch.images), model.encode_text(batch.tokens)
+    expected = sum(_info_nce(h_img[b].tolist(), h_txt[b].tolist(), 0.3) for b in model.bits) / len(model.bits)
+    assert float(terms["contrastive"]) == pytest.approx(prompthash.LOSS_WEIGHTS["contrastive"] * expected, rel=1e-5)
+    other = make_model(options={"code_tau": 0.07}).eval()
+    with torch.no_grad():
+        terms = other.loss_terms(batch, TrainConfig(), epoch=1)
+    expected = sum(_info_nce(h_img[b].tolist(), h_txt[b].tolist(), 0.07) for b in model.bits) / len(model.bits)
+    assert float(terms["contrastive"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_image_global_view_is_the_mean_token_of_the_cnn_token_tower():
+    model = make_model().eval()
+    views = model.image_views
+    with torch.no_grad():
+        stem = model.backbone.image_stem(torch.rand(2, 3, 64, 64))
+        out = views.tower(model.backbone.image_top(stem))
+        glob, _ = views(stem)
+    torch.testing.assert_close(glob, out.mean(dim=1))
 
 
 def test_losses_are_finite_and_decrease():

@@ -150,7 +150,7 @@ def inter_modal_similarity_loss(h_img: Tensor, h_txt: Tensor, similarity: Tensor
 # ---- TriPAH ("Imbalance-Aware Tri-Prompt Affinity Hashing for Cross-Modal Medical Retrieval", 2026).
 # Equation numbers are the paper's; where it leaves room, our reading is in docs/methods.md. --------
 def multi_positive_info_nce(a: Tensor, b: Tensor, positives: Tensor, temperature: float = 0.05) -> Tensor:
-    """Multi-positive symmetric InfoNCE (TriPAH Eqs. 5-6, global alignment).
+    """Multi-positive symmetric InfoNCE (TriPAH Eq. 5, global alignment of the image and text codes).
 
     s_ij = cos(a_i, b_j) / tau;  q_ij = P_ij / sum_j P_ij  (P_ii = 1, P_ij = 1 when i and j share a label)
     L = 1/2 [ mean_i CE(softmax_j s_ij, q_i) + mean_j CE(softmax_i s_ij, q_j) ]
@@ -168,41 +168,54 @@ def multi_positive_info_nce(a: Tensor, b: Tensor, positives: Tensor, temperature
     return 0.5 * (loss_ab + loss_ba)
 
 
-def jsd_adaptive_temperature(a: Tensor, b: Tensor, tau: float = 0.05, spread: float = 1.0) -> Tensor:
-    """Per-sample temperature from the disagreement of the two retrieval directions (TriPAH Eq. 7).
+def prompt_adaptive_temperature(view: Tensor, prompt: Tensor, tau: float = 0.05) -> Tensor:
+    """Per-sample temperature tau_i = tau / (1 + JSD(h^v_i || h^p_i))   (TriPAH Eq. 6).
 
-    p_i = softmax_j(cos(a_i, b_j) / tau),  q_i = softmax_j(cos(b_i, a_j) / tau)
-    tau_i = tau * (1 + spread * JSD(p_i || q_i) / ln 2)      (detached; JSD in [0, ln 2])
-
-    A pair whose image->text and text->image neighbourhoods disagree is probably a weak or wrong
-    match; its softer temperature shrinks its gradient (the JSD-adaptive temperature of MCPH, MICCAI
-    2024, applied per sample to the prompt views).
+    h^v_i is sample i's image view (the pooled fused image tokens) and h^p_i its prompt view; each
+    becomes a distribution by a softmax over its D features, and the JSD (`jensen_shannon`, natural
+    log, in [0, ln 2]) compares the two, so tau_i lies in [tau / (1 + ln 2), tau]. A sample whose image
+    view and prompt view disagree gets a LOWER temperature (a sharper softmax, a larger gradient).
+    Detached: a temperature, not a target the model could lower its loss by moving.
     """
-    sim = F.normalize(a.detach().float(), dim=-1) @ F.normalize(b.detach().float(), dim=-1).T
-    jsd = jensen_shannon(sim / tau, sim.T / tau)
-    return tau * (1.0 + spread * jsd / math.log(2.0))
+    return tau / (1.0 + jensen_shannon(view.detach(), prompt.detach()))
 
 
-def intra_text_consistency(report: Tensor, prompt: Tensor, valid: Tensor | None = None, temperature: float = 0.05) -> Tensor:
-    """Intra-text consistency between a report and its own context-prompt view (TriPAH Eq. 9).
+def local_prompt_alignment(view: Tensor, prompt: Tensor, tau: float = 0.05, valid: Tensor | None = None) -> Tensor:
+    """Local alignment of image views with prompt views (TriPAH Eq. 7), temperatures of Eq. 6.
 
-    InfoNCE over the rows whose prompt was kept (valid_i = delta_i = 1): the report's embedding must
-    pick its own context prompt among the batch's. Zero when fewer than two rows are valid.
+    s_ij = cos(h^v_i, h^p_j);  L = 1/(2B) sum_i [ -log softmax_j(s_ij / tau_i)[i] - log softmax_j(s_ji / tau_i)[i] ]
+    (`info_nce_per_sample` with tau_i = `prompt_adaptive_temperature(h^v, h^p, tau)`). Only the rows
+    with valid_i (delta_i = 1: the sample kept its own prompt; a generic fallback prompt says nothing
+    of the sample) take part, as anchors and as negatives; zero when fewer than two are valid.
+    """
+    if valid is not None:
+        view, prompt = view[valid.bool()], prompt[valid.bool()]
+    if view.shape[0] < 2:
+        return view.new_zeros(()).float()
+    return info_nce_per_sample(view, prompt, prompt_adaptive_temperature(view, prompt, tau))
+
+
+def intra_text_consistency(report: Tensor, prompt: Tensor, valid: Tensor | None = None) -> Tensor:
+    """L_intra = mean_i (1 - cos(h^t_i, h^p_i))   (TriPAH Eq. 8).
+
+    A report's embedding h^t_i must agree with the embedding h^p_i of its own context prompt. Over
+    the rows whose prompt was kept (valid_i = delta_i = 1; the generic fallback prompt is the same
+    for everyone); zero when none is valid. Both sides receive gradients.
     """
     if valid is not None:
         report, prompt = report[valid.bool()], prompt[valid.bool()]
-    if report.shape[0] < 2:
-        return report.new_zeros(())
-    return info_nce(report, prompt, temperature)
+    if report.shape[0] == 0:
+        return report.new_zeros(()).float()
+    return (1.0 - F.cosine_similarity(report.float(), prompt.float(), dim=-1)).mean()
 
 
 def progressive_quantization_weight(epoch: float, midpoint: float, steepness: float = 1.0) -> float:
-    """lambda(e) = 1 / (1 + exp(-k (e - e0))): the logistic ramp of TriPAH's quantization (Eq. 10)."""
+    """lambda(e) = 1 / (1 + exp(-k (e - e0))): the logistic ramp of TriPAH's quantization (Eq. 9)."""
     return 1.0 / (1.0 + math.exp(-steepness * (epoch - midpoint)))
 
 
 def asymmetric_quantization_loss(h_img: Tensor, h_txt: Tensor, image_weight: float) -> Tensor:
-    """L_q = lambda(e) ||h_v - sign(h_v)||^2 + ||h_t - sign(h_t)||^2   (TriPAH Eq. 10, asymmetric).
+    """L_q = lambda(e) ||h_v - sign(h_v)||^2 + ||h_t - sign(h_t)||^2   (TriPAH Eq. 9, asymmetric).
 
     Image codes, the harder modality, are left continuous early and pulled to +-1 as lambda(e)
     rises; text codes are quantized from the start.
@@ -211,7 +224,7 @@ def asymmetric_quantization_loss(h_img: Tensor, h_txt: Tensor, image_weight: flo
 
 
 def class_balanced_weights(counts: Tensor, zeta: float = 0.999) -> Tensor:
-    """omega_c = (1 - zeta) / (1 - zeta^{N_c}), normalised to sum to C (TriPAH Eq. 11).
+    """omega_c = (1 - zeta) / (1 - zeta^{N_c}), normalised to sum to C (TriPAH Eq. 10).
 
     The "effective number of samples" weights of Cui et al., "Class-Balanced Loss Based on
     Effective Number of Samples", CVPR 2019. N_c < 1 is treated as 1.
@@ -222,25 +235,23 @@ def class_balanced_weights(counts: Tensor, zeta: float = 0.999) -> Tensor:
 
 
 def class_balanced_bce(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
-    """L_cls = mean_ic omega_c BCE(sigmoid(z_ic), y_ic)   (TriPAH Eq. 11, on the hash codes' logits)."""
+    """L_cls = mean_ic omega_c BCE(sigmoid(z_ic), y_ic)   (TriPAH Eq. 10, on the hash codes' logits)."""
     per = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
     return (per * weights.float()[None, :]).mean()
 
 
-def bayesian_consistency_kl(view_logits: list[Tensor], prior: Tensor) -> Tensor:
-    """Bayesian consistency of the views' class posteriors (TriPAH Eq. 12, our reading).
+def bayesian_similarity_kl(h_img: Tensor, h_txt: Tensor, similarity: Tensor) -> Tensor:
+    """L_bayes = mean_ij KL(S_ij || sigma(b^v_i . b^t_j / K))   (TriPAH Eq. 11).
 
-    Independent views combine by Bayes' rule: logit p_bar = sum_v logit p_v - (V - 1) logit pi,
-    with pi the class prior. Each view is pulled to the fused posterior:
-    L = mean_v mean_ic KL(Bern(p_bar_ic) || Bern(p_v_ic)), p_bar detached (it is the target).
+    S_ij (label similarity, in [0, 1]) and p_ij = sigma(b^v_i . b^t_j / K) are read as Bernoulli
+    probabilities: KL = S log(S / p) + (1 - S) log((1 - S) / (1 - p)), with 0 log 0 = 0 (for binary
+    S it is the binary cross-entropy). b are the continuous codes h in training (sign has no
+    gradient); K is the code length, so b^v . b^t / K lies in [-1, 1]. Computed in float32.
     """
-    z = torch.stack([v.float() for v in view_logits])  # (V, B, C)
-    pi = prior.float().clamp(1e-4, 1 - 1e-4)
-    fused = (z.sum(dim=0) - (z.shape[0] - 1) * torch.log(pi / (1 - pi))).detach()
-    p_bar = torch.sigmoid(fused)
-    log_p, log_not_p = F.logsigmoid(fused), F.logsigmoid(-fused)
-    kl = p_bar * (log_p - F.logsigmoid(z)) + (1 - p_bar) * (log_not_p - F.logsigmoid(-z))
-    return kl.mean()
+    theta = h_img.float() @ h_txt.float().T / h_img.shape[1]
+    s = similarity.float()
+    entropy_part = torch.xlogy(s, s) + torch.xlogy(1.0 - s, 1.0 - s)
+    return (entropy_part - s * F.logsigmoid(theta) - (1.0 - s) * F.logsigmoid(-theta)).mean()
 
 
 # ---- PromptHash ("Affinity-Prompted Collaborative Cross-Modal Learning for Adaptive Hashing

@@ -5,11 +5,13 @@ the metadata prompt that travels with an image, and deep visual prompts in the i
 modality fuses its own three views (global, tokens, prompt) with the selective state-space +
 attention block Psi and GRN gating (Eqs. 3-4, trainer/models/fusion.py); a cross-modal fused
 teacher (the two modalities of the same pair) exists in training only. Objectives (Eqs. 5-12):
-multi-positive global InfoNCE, local alignment with a JSD-adaptive per-sample temperature,
-intra-text consistency, asymmetric progressive quantization, class-balanced BCE on the codes and
-a Bayesian consistency KL. How we read each equation and where we deviate from the public code
-(which computes codes from the paired report and from other samples, and picks epochs on the test
-split) is in docs/methods.md.
+multi-positive global InfoNCE on the codes (Eq. 5), local alignment of the image view with the
+prompt view under the per-sample temperature tau / (1 + JSD) (Eqs. 6-7), intra-text consistency
+1 - cos(report, its context prompt) (Eq. 8), asymmetric progressive quantization (Eq. 9),
+class-balanced BCE on the codes (Eq. 10) and the pairwise KL(S || sigma(b^v . b^t / K)) (Eq. 11),
+weighted as Eq. 12. How we read each equation and where we deviate from the public code (which
+computes codes from the paired report and from other samples, and picks epochs on the test split)
+is in docs/methods.md.
 
 Switches (ModelConfig.components) for the paper's ablation (Table IV): "triview", "iahash",
 "context_prompt", "visual_prompt"; all on by default.
@@ -48,13 +50,15 @@ if TYPE_CHECKING:
 Meta = Sequence[Mapping[str, Any] | None] | None
 
 COMPONENTS = {"triview": True, "iahash": True, "context_prompt": True, "visual_prompt": True}
-# Paper weights: alpha = 1 (local), mu = 1 (classification), kappa = 0.1 (intra-text),
-# xi = 0.3 (quantization), eta = 0.01 (Bayesian); the global InfoNCE is the unit-weight anchor.
-LOSS_WEIGHTS = {"global": 1.0, "local": 1.0, "classification": 1.0, "intra_text": 0.1, "quantization": 0.3,
+# Eq. 12: L = L_global + alpha L_local + mu L_intra + xi L_cls + ..., with alpha = 1 (local),
+# mu = 1 (intra-text, Eq. 8) and xi = 0.3 (classification, Eq. 10) as the paper gives them;
+# eta = 0.01 weighs the Eq. 11 KL ("bayesian"). The quantization weight 0.3 is the project's earlier
+# reading (its Greek letter was taken to be xi, which the paper gives to classification): unverified.
+# The global InfoNCE is the unit-weight anchor; "distill" (the training-only teacher) is our addition.
+LOSS_WEIGHTS = {"global": 1.0, "local": 1.0, "intra_text": 1.0, "quantization": 0.3, "classification": 0.3,
                 "bayesian": 0.01, "distill": 0.1}
 OPTIONS: dict[str, Any] = {
-    "tau": 0.05,  # InfoNCE temperature of Eqs. 5-8
-    "jsd_spread": 1.0,  # tau_i = tau (1 + spread JSD_i / ln 2)
+    "tau": 0.05,  # InfoNCE temperature of Eq. 5 and the base temperature of Eqs. 6-7
     "context_keep_prob": 0.8,  # rho: P(delta = 1), the context prompt is kept
     "context_domain": "auto",  # Extract(report): "auto" | "chest" | "fundus" | "text"
     "zeta": 0.999,  # class-balanced weights
@@ -107,7 +111,6 @@ class TriPAH(HashingModel):
         n_cls = len(cfg.label_names)
         self.classifier = nn.ModuleDict({str(b): nn.Linear(b, n_cls) for b in self.bits}) if n_cls else None
         self.register_buffer("class_counts", torch.zeros(n_cls), persistent=False)
-        self.register_buffer("samples_seen", torch.zeros(()), persistent=False)
         self._fixed_counts = self._given_counts(cfg, self.opt["class_counts"])
 
     # ---- views -----------------------------------------------------------------------------------
@@ -206,21 +209,19 @@ class TriPAH(HashingModel):
         return param_groups(self, self.backbone, train_cfg, float(self.opt["backbone_lr_scale"]))
 
     # ---- training -----------------------------------------------------------------------------------
-    def _class_stats(self, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """(class-balanced weights omega_c, class prior pi_c) from the given or the running counts."""
+    def _class_weights(self, labels: Tensor) -> Tensor:
+        """Class-balanced weights omega_c (Eq. 10) from the given or the running counts."""
         if self._fixed_counts is not None:
             counts = self._fixed_counts.to(labels.device)
-            total = counts.sum().clamp_min(1.0)
         else:
             if self.training:
                 self.class_counts += labels.detach().sum(dim=0).to(self.class_counts.dtype)
-                self.samples_seen += labels.shape[0]
-            counts, total = self.class_counts, self.samples_seen.clamp_min(1.0)
-        omega = (losses.class_balanced_weights(counts, float(self.opt["zeta"])) if self.use["iahash"]
-                 else torch.ones_like(counts))
-        return omega, (counts / total).clamp(1e-4, 1 - 1e-4)
+            counts = self.class_counts
+        return (losses.class_balanced_weights(counts, float(self.opt["zeta"])) if self.use["iahash"]
+                else torch.ones_like(counts))
 
     def loss_terms(self, batch: Batch, train_cfg: TrainConfig, *, epoch: int) -> dict[str, Tensor]:
+        """Eq. 12: the weighted sum of Eqs. 5-11 (each averaged over the code lengths) + distillation."""
         w = {k: weight(self.cfg, k, LOSS_WEIGHTS) for k in LOSS_WEIGHTS}
         tau = float(self.opt["tau"])
         img_stem, _ = self.batch_stems(batch)
@@ -234,12 +235,14 @@ class TriPAH(HashingModel):
 
         terms["global"] = w["global"] * per_bits(
             lambda b: losses.multi_positive_info_nce(gather(h_img[b]), gather(h_txt[b]), positives, tau))
-        loc_img, loc_txt = gather(img["local"]), gather(txt["local"])
-        tau_i = losses.jsd_adaptive_temperature(loc_img, loc_txt, tau, float(self.opt["jsd_spread"]))
-        terms["local"] = w["local"] * losses.info_nce_per_sample(loc_img, loc_txt, tau_i)
         if txt["prompt"] is not None:
-            terms["intra_text"] = w["intra_text"] * losses.intra_text_consistency(
-                gather(txt["glob"]), gather(txt["prompt"][0]), distributed.all_gather(txt["keep"].to(torch.uint8)).bool(), tau)
+            # h^p: the pair's context-prompt embedding (built from the report: a loss target only).
+            h_p = gather(txt["prompt"][0])
+            kept = distributed.all_gather(txt["keep"].to(torch.uint8)).bool()
+            terms["local"] = w["local"] * losses.local_prompt_alignment(gather(img["local"]), h_p, tau, kept)
+            terms["intra_text"] = w["intra_text"] * losses.intra_text_consistency(gather(txt["glob"]), h_p, kept)
+        else:  # no context prompts (ablation): the report's local view stands in for the prompt view
+            terms["local"] = w["local"] * losses.local_prompt_alignment(gather(img["local"]), gather(txt["local"]), tau)
         terms["quantization"] = w["quantization"] * per_bits(lambda b: self._quantization(h_img[b], h_txt[b],
                                                                                          epoch, train_cfg))
         h_teacher = None
@@ -252,7 +255,7 @@ class TriPAH(HashingModel):
                 losses.code_distillation_loss(h_img[b], h_teacher[b])
                 + losses.code_distillation_loss(h_txt[b], h_teacher[b])))
         if self.classifier is not None:
-            terms.update(self._label_terms(batch.labels, h_img, h_txt, h_teacher, w))
+            terms.update(self._label_terms(batch.labels, positives, h_img, h_txt, h_teacher, w))
         return terms
 
     def _quantization(self, h_img: Tensor, h_txt: Tensor, epoch: int, train_cfg: TrainConfig) -> Tensor:
@@ -263,14 +266,17 @@ class TriPAH(HashingModel):
         lam = losses.progressive_quantization_weight(epoch, midpoint, float(self.opt["quant_steepness"]))
         return losses.asymmetric_quantization_loss(h_img, h_txt, lam)
 
-    def _label_terms(self, labels: Tensor, h_img: dict[int, Tensor], h_txt: dict[int, Tensor],
+    def _label_terms(self, labels: Tensor, positives: Tensor, h_img: dict[int, Tensor], h_txt: dict[int, Tensor],
                      h_teacher: dict[int, Tensor] | None, w: dict[str, float]) -> dict[str, Tensor]:
-        omega, prior = self._class_stats(distributed.all_gather(labels))  # the same weights on every rank
+        """Eq. 10 (class-balanced BCE of the image, text and teacher codes' logits) and Eq. 11 (pairwise
+        KL between the global batch's label similarity `positives` and its image-text code products)."""
+        omega = self._class_weights(distributed.all_gather(labels))  # the same weights on every rank
+        gather = distributed.gather_with_grad
         cls_terms, bayes_terms = [], []
         for b in self.bits:
             views = [h_img[b], h_txt[b]] + ([h_teacher[b]] if h_teacher is not None else [])
             logits = [self.classifier[str(b)](h) for h in views]
             cls_terms.append(sum(losses.class_balanced_bce(z, labels, omega) for z in logits) / len(logits))
-            bayes_terms.append(losses.bayesian_consistency_kl(logits, prior))
+            bayes_terms.append(losses.bayesian_similarity_kl(gather(h_img[b]), gather(h_txt[b]), positives))
         return {"classification": w["classification"] * sum(cls_terms) / len(cls_terms),
                 "bayesian": w["bayesian"] * sum(bayes_terms) / len(bayes_terms)}

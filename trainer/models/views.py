@@ -35,7 +35,12 @@ def _heads(dim: int) -> int:
 
 
 class ImageViews(nn.Module):
-    """Image -> (global (B, D), tokens (B, N, D)); deep visual prompts when `prompts` is on."""
+    """Image -> (global (B, D), tokens (B, N, D)); deep visual prompts when `prompts` is on.
+
+    ViT towers: the backbone's own pooling of its output tokens is the global view. CNN towers: the
+    mean of the `TokenTower`'s output tokens ([CLS] included) is the global view, the feature-map
+    tokens are the token view.
+    """
 
     def __init__(self, backbone: Backbone, dim: int, prompts: bool, n_prompts: int = 4, tower_depth: int = 2) -> None:
         super().__init__()
@@ -59,7 +64,9 @@ class ImageViews(nn.Module):
             tokens = bb.image_top(stem, prompts)
             return self.glob_proj(bb.image_pool(tokens)), self.tok_proj(tokens)
         out = self.tower(bb.image_top(stem), prompts=prompts)
-        return out[:, 0], out[:, 1:]
+        # The global view is the mean output token, not the [CLS]: the tower's [CLS] starts at zero
+        # and learned far slower (the same finding made MCPH pool by mean, docs/methods.md MCPH).
+        return out.mean(dim=1), out[:, 1:]
 
 
 class TextViews(nn.Module):
