@@ -22,6 +22,7 @@ from medhash_app.core.search.service import resolve_model
 from trainer.checkpoint import read_checkpoint_config
 from trainer.config import ModelConfig
 from trainer.errors import CheckpointError
+from trainer.models.views import refuse_leak
 
 ProgressFn = Callable[..., None]
 
@@ -82,13 +83,17 @@ class MedHashSession:
 
     def register_checkpoint(self, folder: str | Path, *, activate: bool = True, name: str | None = None,
                             metrics: dict[str, Any] | None = None) -> int:
-        """Record a trained checkpoint in the library (after checking it loads as a config)."""
+        """Record a trained checkpoint in the library (after checking it loads as a config).
+
+        A model built with the leak study's diagnostic option is refused (ModelError naming it): its
+        image codes need the paired report, which no query or stored image has."""
         folder = Path(folder).resolve()
         try:
             meta = read_checkpoint_config(folder)
             cfg = ModelConfig.from_dict(meta["model_config"])
         except CheckpointError as exc:
             raise ModelError(exc.item, exc.reason) from exc
+        refuse_leak(cfg.options, folder, ModelError)
         return self.library.register_model(
             name or folder.name, cfg.method, cfg.bits, folder, metrics=metrics or meta.get("metrics"),
             config=cfg.to_dict(), activate=activate)

@@ -25,6 +25,7 @@ from trainer.data.manifest import Sample
 from trainer.data.splits import load_splits, make_splits, save_splits
 from trainer.engine import apply_method_defaults, fit
 from trainer.evaluate import map_at_all, map_at_k, precision_at_k
+from trainer.models.views import refuse_leak
 
 SPLITS_FILE = "splits.json"
 EVAL_K = (10, 50, 100)
@@ -121,8 +122,10 @@ def train_on_library(session: Any, req: TrainRequest, *, progress: Callable[[dic
     """The whole training job; `progress` receives the engine's events plus encode/eval events.
 
     Under torchrun every process trains; only the main one (rank 0) registers, encodes and
-    evaluates, the others return None.
+    evaluates, the others return None. The leak study's diagnostic option is refused before anything
+    runs (ModelError naming it; `session.register_checkpoint` refuses such a model too).
     """
+    refuse_leak(req.options, f"{req.method} training request", ModelError)
     samples = library_samples(session.library)
     if len(samples) < 20:
         raise DataError(str(session.library.folder), f"only {len(samples)} cases have an image, a report and "

@@ -15,7 +15,9 @@
   reconstruction; a cross-modal AGSF teacher of the pair (training only) is distilled into both codes.
 
 Switches (ModelConfig.components) for the paper's ablation: "taap", "agsf", "pacl"; all on by
-default. Deviations from the public code are listed in docs/methods.md.
+default. Deviations from the public code are listed in docs/methods.md. The diagnostic option
+"leak_paired_report" (leak study only; the app refuses it) reproduces the public code's leak: the
+image code is computed from the image AND its paired report.
 """
 
 from __future__ import annotations
@@ -37,7 +39,17 @@ from trainer.models.hashing import HashingModel
 from trainer.models.heads import HashHeads
 from trainer.models.registry import register_method
 from trainer.models.towers import insert_prompts, masked_mean
-from trainer.models.views import ImageViews, TextViews, component_on, param_groups, weight
+from trainer.models.views import (
+    LEAK_OPTION,
+    ImageViews,
+    TextViews,
+    component_on,
+    leaks_paired_report,
+    paired_report_texts,
+    param_groups,
+    tokens_to,
+    weight,
+)
 
 if TYPE_CHECKING:
     from trainer.data.dataset import Batch
@@ -55,6 +67,9 @@ OPTIONS: dict[str, Any] = {
     "backbone_lr_scale": 0.1,
     "long_text": None,
     "chunk_pool": "mean",
+    # Leak study only (diagnostic): the IMAGE code is the cross-modal AGSF teacher fusion of the image
+    # and its paired report, as in the public code. Refused by the app (views.refuse_leak).
+    LEAK_OPTION: False,
 }
 
 
@@ -116,6 +131,9 @@ class PromptHash(HashingModel):
         super().__init__(cfg, backbone)
         self.opt = {**OPTIONS, **cfg.options}
         self.use = {name: component_on(cfg, name, COMPONENTS) for name in COMPONENTS}
+        # Leak study only: encode_image reads the paired report from the meta (engine.encode_dataset
+        # has the loaders fill it for such a model); off, nothing of this path runs.
+        self.needs_paired_report = leaks_paired_report(self.opt)
         backbone.tokenizer = wrap_tokenizer(backbone.tokenizer, self.opt["long_text"], backbone.max_text_length)
         d = cfg.embed_dim
         self.image_views = ImageViews(backbone, d, prompts=False)
@@ -150,11 +168,33 @@ class PromptHash(HashingModel):
             return glob, masked_mean(tokens, mask)
         return fusion(glob, tokens, mask, view[0] if view is not None else None, None)
 
-    def _image(self, images: Tensor, prompts: tuple[Tensor, Tensor] | None, stem: Tensor | None = None) -> dict[str, Any]:
+    def _image(self, images: Tensor, prompts: tuple[Tensor, Tensor] | None, stem: Tensor | None = None,
+               paired: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An image's views and fused embedding. `paired` (the paired report's `_text` views) is given
+        only for a model built with LEAK_OPTION; then the fused embedding is the leaky one."""
         glob, tokens = self.image_views(self.image_stem_of(images, stem))
         fused, local = self._fuse(getattr(self, "agsf_image", None), glob, tokens, None,
                                   self._prompt_view(glob, prompts))
-        return {"glob": glob, "tokens": tokens, "mask": None, "fused": fused, "local": local}
+        out = {"glob": glob, "tokens": tokens, "mask": None, "fused": fused, "local": local}
+        if paired is not None:
+            out["fused"] = self._leaky_fused(out, paired)
+        return out
+
+    def _leaky_fused(self, img: dict[str, Any], txt: dict[str, Any]) -> Tensor:
+        """LEAK_OPTION only: the image's fused embedding made from the image AND its paired report, as
+        the public AGSF does: the cross-modal AGSF teacher fusion (without AGSF: the mean of the two
+        modalities' embeddings)."""
+        if self.use["agsf"]:
+            return cross_modal_teacher(self.teacher_image, self.teacher_text, (img["glob"], img["tokens"], img["mask"]),
+                                       (txt["glob"], txt["tokens"], txt["mask"]))
+        return 0.5 * (img["fused"] + txt["fused"])
+
+    def _paired(self, meta: Any, n: int, device: torch.device,
+                prompts: tuple[Tensor, Tensor] | None) -> dict[str, Any] | None:
+        """LEAK_OPTION only: the `_text` views of each image's paired report (meta PAIRED_REPORT_KEY)."""
+        if not self.needs_paired_report:
+            return None
+        return self._text(tokens_to(self.backbone.tokenizer(paired_report_texts(meta, n)), device), prompts)
 
     def _text(self, tokens: dict[str, Tensor], prompts: tuple[Tensor, Tensor] | None,
               stem: tuple[Tensor, Tensor] | None = None) -> dict[str, Any]:
@@ -167,13 +207,17 @@ class PromptHash(HashingModel):
 
     # ---- HashingModel interface -------------------------------------------------------------------------
     def encode_image(self, images: Tensor, meta: Any = None, *, stem: Tensor | None = None) -> dict[int, Tensor]:
-        return self.image_hash(self._image(images, self._prompts(), stem)["fused"])
+        prompts = self._prompts()
+        paired = self._paired(meta, images.shape[0], images.device, prompts)
+        return self.image_hash(self._image(images, prompts, stem, paired)["fused"])
 
     def encode_text(self, tokens: dict[str, Tensor], *, stem: tuple[Tensor, Tensor] | None = None) -> dict[int, Tensor]:
         return self.text_hash(self._text(tokens, self._prompts(), stem)["fused"])
 
     def embed_image(self, images: Tensor, meta: Any = None, *, stem: Tensor | None = None) -> Tensor:
-        return F.normalize(self._image(images, self._prompts(), stem)["fused"], dim=-1)
+        prompts = self._prompts()
+        paired = self._paired(meta, images.shape[0], images.device, prompts)
+        return F.normalize(self._image(images, prompts, stem, paired)["fused"], dim=-1)
 
     def embed_text(self, tokens: dict[str, Tensor], *, stem: tuple[Tensor, Tensor] | None = None) -> Tensor:
         return F.normalize(self._text(tokens, self._prompts(), stem)["fused"], dim=-1)
@@ -188,6 +232,8 @@ class PromptHash(HashingModel):
         prompts = self._prompts()
         img_stem, txt_stem = self.batch_stems(batch)
         img, txt = self._image(batch.images, prompts, img_stem), self._text(batch.tokens, prompts, txt_stem)
+        if self.needs_paired_report:  # LEAK_OPTION: the training image code is the leaky one too
+            img["fused"] = self._leaky_fused(img, txt)
         h_img, h_txt = self.image_hash(img["fused"]), self.text_hash(txt["fused"])
         gather = distributed.gather_with_grad  # the global batch under torchrun, identity otherwise
         labels = distributed.all_gather(batch.labels)

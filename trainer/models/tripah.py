@@ -11,7 +11,8 @@ prompt view under the per-sample temperature tau / (1 + JSD) (Eqs. 6-7), intra-t
 class-balanced BCE on the codes (Eq. 10) and the pairwise KL(S || sigma(b^v . b^t / K)) (Eq. 11),
 weighted as Eq. 12. How we read each equation and where we deviate from the public code (which
 computes codes from the paired report and from other samples, and picks epochs on the test split)
-is in docs/methods.md.
+is in docs/methods.md. The diagnostic option "leak_paired_report" (leak study only; the app refuses
+it) reproduces the public code's leak: the image code is computed from the image AND its paired report.
 
 Switches (ModelConfig.components) for the paper's ablation (Table IV): "triview", "iahash",
 "context_prompt", "visual_prompt"; all on by default.
@@ -42,7 +43,17 @@ from trainer.models.hashing import HashingModel
 from trainer.models.heads import HashHeads
 from trainer.models.registry import register_method
 from trainer.models.towers import masked_mean
-from trainer.models.views import ImageViews, TextViews, component_on, param_groups, weight
+from trainer.models.views import (
+    LEAK_OPTION,
+    ImageViews,
+    TextViews,
+    component_on,
+    leaks_paired_report,
+    paired_report_texts,
+    param_groups,
+    tokens_to,
+    weight,
+)
 
 if TYPE_CHECKING:
     from trainer.data.dataset import Batch
@@ -71,6 +82,9 @@ OPTIONS: dict[str, Any] = {
     "backbone_lr_scale": 0.1,  # 1e-5 backbone / 1e-4 heads
     "long_text": None,  # None | "truncate" | "sections" | "chunks"
     "chunk_pool": "mean",  # "mean" | "attention"
+    # Leak study only (diagnostic): the IMAGE code is the cross-modal teacher fusion of the image and
+    # its paired report, as in the public code. Refused by the app (views.refuse_leak).
+    LEAK_OPTION: False,
 }
 
 
@@ -93,6 +107,9 @@ class TriPAH(HashingModel):
         super().__init__(cfg, backbone)
         self.opt = {**OPTIONS, **cfg.options}
         self.use = {name: component_on(cfg, name, COMPONENTS) for name in COMPONENTS}
+        # Leak study only: encode_image reads the paired report from the meta (engine.encode_dataset
+        # has the loaders fill it for such a model); off, nothing of this path runs.
+        self.needs_paired_report = leaks_paired_report(self.opt)
         self.prompt_tokenizer = unwrap_tokenizer(backbone.tokenizer)
         reports = wrap_tokenizer(backbone.tokenizer, self.opt["long_text"], backbone.max_text_length)
         backbone.tokenizer = (ContextPromptTokenizer(reports, self.opt["context_domain"])
@@ -175,12 +192,33 @@ class TriPAH(HashingModel):
         fused = glob if prompt is None or mix is None else glob + mix(prompt[0])
         return fused, local
 
-    def _image(self, images: Tensor, meta: Meta, stem: Tensor | None = None) -> dict[str, Any]:
+    def _image(self, images: Tensor, meta: Meta, stem: Tensor | None = None,
+               paired: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An image's views and fused embedding. `paired` (the paired report's `_text` views) is given
+        only for a model built with LEAK_OPTION; then the fused embedding is the leaky one."""
         glob, tokens = self.image_views(self.image_stem_of(images, stem))
         prompt = self._image_prompt_view(meta, images.shape[0], images.device)
         fused, local = self._fuse(getattr(self, "fuse_image", None), getattr(self, "prompt_mix_image", None),
                                   glob, tokens, None, prompt)
-        return {"glob": glob, "tokens": tokens, "mask": None, "fused": fused, "local": local}
+        out = {"glob": glob, "tokens": tokens, "mask": None, "fused": fused, "local": local}
+        if paired is not None:
+            out["fused"] = self._leaky_fused(out, paired)
+        return out
+
+    def _leaky_fused(self, img: dict[str, Any], txt: dict[str, Any]) -> Tensor:
+        """LEAK_OPTION only: the image's fused embedding made from the image AND its paired report, as
+        the public code does: the cross-modal teacher fusion (without tri-view fusion: the mean of
+        the two modalities' fused embeddings)."""
+        if self.use["triview"]:
+            return cross_modal_teacher(self.teacher_image, self.teacher_text, (img["glob"], img["tokens"], img["mask"]),
+                                       (txt["glob"], txt["tokens"], txt["mask"]))
+        return 0.5 * (img["fused"] + txt["fused"])
+
+    def _paired(self, meta: Meta, n: int, device: torch.device) -> dict[str, Any] | None:
+        """LEAK_OPTION only: the `_text` views of each image's paired report (meta PAIRED_REPORT_KEY)."""
+        if not self.needs_paired_report:
+            return None
+        return self._text(tokens_to(self.backbone.tokenizer(paired_report_texts(meta, n)), device))
 
     def _text(self, tokens: dict[str, Tensor]) -> dict[str, Any]:
         glob, toks, mask = self.text_views(tokens)
@@ -193,13 +231,15 @@ class TriPAH(HashingModel):
 
     # ---- HashingModel interface -------------------------------------------------------------------
     def encode_image(self, images: Tensor, meta: Meta = None, *, stem: Tensor | None = None) -> dict[int, Tensor]:
-        return self.image_hash(self._image(images, meta, stem)["fused"])
+        paired = self._paired(meta, images.shape[0], images.device)
+        return self.image_hash(self._image(images, meta, stem, paired)["fused"])
 
     def encode_text(self, tokens: dict[str, Tensor]) -> dict[int, Tensor]:
         return self.text_hash(self._text(tokens)["fused"])
 
     def embed_image(self, images: Tensor, meta: Meta = None, *, stem: Tensor | None = None) -> Tensor:
-        return F.normalize(self._image(images, meta, stem)["fused"], dim=-1)
+        paired = self._paired(meta, images.shape[0], images.device)
+        return F.normalize(self._image(images, meta, stem, paired)["fused"], dim=-1)
 
     def embed_text(self, tokens: dict[str, Tensor]) -> Tensor:
         return F.normalize(self._text(tokens)["fused"], dim=-1)
@@ -226,6 +266,8 @@ class TriPAH(HashingModel):
         tau = float(self.opt["tau"])
         img_stem, _ = self.batch_stems(batch)
         img, txt = self._image(batch.images, batch.extras.get("meta"), img_stem), self._text(batch.tokens)
+        if self.needs_paired_report:  # LEAK_OPTION: the training image code is the leaky one too
+            img["fused"] = self._leaky_fused(img, txt)
         h_img, h_txt = self.image_hash(img["fused"]), self.text_hash(txt["fused"])
         gather = distributed.gather_with_grad  # the global batch under torchrun, identity otherwise
         labels = distributed.all_gather(batch.labels)

@@ -5,17 +5,25 @@
 `TextViews` gives a report's global embedding and tokens (pooled over windows for chunked long
 reports) and encodes short prompt texts (metadata / context prompts) with the same tower.
 Everything is per sample and per modality; the methods decide what to fuse.
+
+The leak study's diagnostic option (`LEAK_OPTION`) lives here too: a TriPAH / PromptHash model
+built with it computes IMAGE codes from the paired report, as the papers' public code does. The
+report reaches `encode_image` only through the image meta key `PAIRED_REPORT_KEY`, which the data
+loaders fill only for such a model; the app refuses to train or register one (`refuse_leak`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from trainer.config import ModelConfig, TrainConfig, method_loss_weights
+from trainer.data.captions import PAIRED_REPORT_KEY
 from trainer.data.long_text import chunk_tokens, gather_chunk_tokens, pool_chunks
+from trainer.errors import MedHashError
 from trainer.models.backbones import Backbone
 from trainer.models.towers import TokenTower
 
@@ -99,6 +107,40 @@ class TextViews(nn.Module):
     def prompt(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """A short prompt text (already tokenized) through the same tower: (global, tokens, mask)."""
         return self._run({"input_ids": ids, "attention_mask": mask})
+
+
+# ---- the leak study's diagnostic option ---------------------------------------------------------------
+LEAK_OPTION = "leak_paired_report"
+
+
+def leaks_paired_report(options: Mapping[str, Any] | None) -> bool:
+    """True when a model's options (ModelConfig.options or a request's) ask for the leaky image codes."""
+    return bool((options or {}).get(LEAK_OPTION, False))
+
+
+def refuse_leak(options: Mapping[str, Any] | None, item: Any, error: type[MedHashError] = MedHashError) -> None:
+    """`error` (a MedHashError) naming the option when `options` ask for it: such a model is never
+    trained for, registered in or stored in a library (its image codes need the paired report, which
+    a query or stored image does not have). The research path (trainer.experiment) does not call this."""
+    if leaks_paired_report(options):
+        raise error(item, f"option \"{LEAK_OPTION}\" is a diagnostic of the leak study (image codes computed "
+                    "from the paired report); a model built with it cannot be used in a library")
+
+
+def paired_report_texts(meta: Sequence[Mapping[str, Any] | None] | None, n: int) -> list[str]:
+    """The paired report of each of `n` images from their meta (PAIRED_REPORT_KEY), for a model built
+    with LEAK_OPTION; MedHashError naming the option when an image comes without it."""
+    metas = list(meta) if meta is not None else []
+    texts = [m.get(PAIRED_REPORT_KEY) if isinstance(m, Mapping) else None for m in metas]
+    if len(texts) != n or any(not isinstance(t, str) for t in texts):
+        raise MedHashError(LEAK_OPTION, "this diagnostic model encodes an image only together with its paired "
+                           f"report (image meta key \"{PAIRED_REPORT_KEY}\", filled by the trainer's loaders)")
+    return texts
+
+
+def tokens_to(tokens: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """A tokenizer's output moved to `device` (non-tensor entries kept as they are)."""
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in tokens.items()}
 
 
 def param_groups(model: nn.Module, backbone: nn.Module, train_cfg: TrainConfig, backbone_lr_scale: float) -> list[dict[str, Any]]:
