@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from medhash_app.cli_support import (
     JsonOpt,
@@ -59,6 +60,9 @@ def main_callback(ctx: typer.Context,
                   library: Annotated[Path | None, typer.Option("--library", "-l")] = None) -> None:
     """With no command: open the desktop app."""
     if ctx.invoked_subcommand is None:
+        problem = _window_problem()
+        if problem:
+            fail(MedHashError(None, problem), as_json=False)
         from medhash_app.ui.app import run_app
 
         raise typer.Exit(run_app(library, []))
@@ -77,6 +81,7 @@ def ingest_cmd(paths: Annotated[list[Path], typer.Argument(help="Files, folders,
             raise MedHashError("--domain", f"must be one of {', '.join(DOMAINS)}, not {domain!r}")
         with _session(library, create=True) as session, cancellable() as cancel, \
                 progress_bar("Ingest", not as_json) as update:
+            update(0, None, "finding files…")
             report = session.ingest(paths, domain=domain, cancel=cancel,
                                     progress=lambda p: update(p.done, p.total, f"{p.files_per_s:.1f} files/s"))
     except MedHashError as exc:
@@ -147,23 +152,13 @@ def train_cmd(library: LibraryOpt,
 
 
 def _run_training(session, request, progress: str, as_json: bool, cancel):
+    from medhash_app.cli_progress import job_events, phase_bars
     from medhash_app.core.training import train_on_library
 
     if progress == "jsonl":
         return train_on_library(session, request, progress=emit_jsonl, cancel=cancel)
-    with progress_bar("Train", progress == "bar" and not as_json) as update:
-        epochs = {"n": request.epochs}
-
-        def on_event(event: dict) -> None:
-            if event.get("event") == "start":
-                epochs["n"] = event.get("epochs", epochs["n"])
-            if event.get("event") in ("step", "epoch") and event.get("steps"):
-                done = (event["epoch"] - 1) * event["steps"] + event.get("step", 0)
-                note = f"epoch {event['epoch']} loss {event.get('losses', {}).get('total', 0):.4f}"
-                if event.get("val_map"):
-                    note += f" val mAP {event['val_map'].get('mean', 0):.3f}"
-                update(done, epochs["n"] * event["steps"], note)
-        return train_on_library(session, request, progress=on_event, cancel=cancel)
+    with phase_bars(progress == "bar" and not as_json) as bars:
+        return train_on_library(session, request, progress=job_events(bars, request.epochs), cancel=cancel)
 
 
 def _switches(text: str | None) -> dict[str, bool]:
@@ -179,16 +174,9 @@ def _switches(text: str | None) -> dict[str, bool]:
 
 
 def _print_metrics(payload: dict) -> None:
-    if payload.get("checkpoint"):
-        console.print(f"model {payload.get('model_id')} saved to {payload.get('checkpoint')}")
-    else:
-        console.print(f"model {payload.get('model_id')}")
-    for name, value in (payload.get("metrics") or {}).items():
-        console.print(f"  {name}: {value}")
-    for domain, entry in (payload.get("by_domain") or {}).items():
-        console.print(f"  within {domain}: {entry}")
-    for warning in payload.get("warnings") or []:
-        console.print(f"[yellow]warning[/]: {warning}")
+    from medhash_app.cli_tables import print_model_report
+
+    print_model_report(payload)
 
 
 @app.command("encode")
@@ -211,7 +199,9 @@ def encode_cmd(library: LibraryOpt, model: ModelOpt = None, device: DeviceOpt = 
 def search_cmd(library: LibraryOpt,
                image: Annotated[Path | None, typer.Option(help="Query image file (DICOM, PNG, JPEG).")] = None,
                text: Annotated[str | None, typer.Option(help="Query report text.")] = None,
-               target: Annotated[str | None, typer.Option(help="reports, images or both.")] = None,
+               target: Annotated[str | None, typer.Option(
+                   help="reports, images or both (default: the other modality, so --text finds images "
+                        "and --image finds reports).")] = None,
                k: Annotated[int, typer.Option("-k", min=1, help="Number of hits.")] = 10,
                bits: Annotated[int | None, typer.Option(help="Code length (default: longest).")] = None,
                label: Annotated[list[str] | None, typer.Option(help="Keep hits with any of these labels.")] = None,
@@ -243,17 +233,9 @@ def search_cmd(library: LibraryOpt,
 
 
 def _print_hits(result) -> None:
-    from rich.table import Table
+    from medhash_app.cli_tables import hits_table
 
-    table = Table(title=f"{result.query_kind} query · {result.bits} bits · {result.total_ms:.0f} ms "
-                        f"on {result.device}")
-    for col in ("#", "dist", "sim", "matched", "labels", "report / file"):
-        table.add_column(col)
-    for hit in result.hits:
-        excerpt = (hit.case.get("report") or Path(hit.case.get("source_path") or "").name)[:90]
-        table.add_row(str(hit.rank), str(hit.distance), f"{hit.similarity:.3f}", hit.matched,
-                      ", ".join(hit.case.get("labels") or []), excerpt)
-    console.print(table)
+    console.print(hits_table(result))
 
 
 @app.command("eval")
@@ -346,20 +328,52 @@ def demo_cmd(library: Annotated[Path | None, typer.Option("--library", "-l",
              window: Annotated[bool, typer.Option(help="Open the desktop app on the demo library.")] = True,
              as_json: JsonOpt = False) -> None:
     """Build the demo library (generated data), train or load the default model, run example queries."""
+    from medhash_app.cli_progress import job_events, phase_bars
     from medhash_app.core.demo.pipeline import run_demo
 
+    # The window is checked before the work, so a missing system library costs no work: the demo
+    # finishes and says how to open the library once the library is installed.
+    problem = _window_problem() if window and not as_json and _has_display() else None
+    if problem:
+        console.print(f"[yellow]note:[/] {escape(problem)}; building the demo library anyway", soft_wrap=True,
+                      highlight=False)
     try:
-        with cancellable() as cancel:
+        with cancellable() as cancel, phase_bars(not as_json) as bars:
             outcome = run_demo(library, backbone=backbone, epochs=epochs, cancel=cancel,
-                               log=None if as_json else console.print)
+                               log=None if as_json else console.print, progress=job_events(bars, epochs))
     except MedHashError as exc:
         fail(exc, as_json)
     if as_json:
         emit_json(outcome)
-    if window and not as_json and _has_display():
+        return
+    _print_demo_summary(outcome)
+    if not window:
+        return
+    if problem:
+        console.print(f"[yellow]note:[/] {escape(problem)}; then open the library with the command above.",
+                      soft_wrap=True, highlight=False)
+        return
+    if _has_display():
         from medhash_app.ui.app import run_app
 
         raise typer.Exit(run_app(Path(outcome["library"]), []))
+
+
+def _print_demo_summary(outcome: dict) -> None:
+    """What was built, where it is, and the command that opens it."""
+    import shlex
+
+    model = outcome.get("model") or {}
+    domains = ", ".join(f"{count} {name}" for name, count in (outcome.get("by_domain") or {}).items())
+    bits = "/".join(str(b) for b in model.get("bits") or [])
+    how = "trained now" if model.get("trained") else "reused from an earlier run"
+    console.print(f"\n[bold]Built the demo library[/] {escape(outcome['library'])}", soft_wrap=True, highlight=False)
+    console.print(f"  {outcome.get('cases')} cases" + (f" ({domains})" if domains else "")
+                  + f"; model {model.get('model_id')} ({str(model.get('method') or '').upper()}"
+                  + (f", {bits}-bit codes" if bits else "") + f", {how}); "
+                  + f"{len(outcome.get('queries') or [])} example queries answered above.", highlight=False)
+    console.print(f"  Open it with: [bold]medhash --library {escape(shlex.quote(outcome['library']))}[/]",
+                  soft_wrap=True, highlight=False)
 
 
 from medhash_app.cli_captions import register as register_captions
@@ -367,6 +381,14 @@ from medhash_app.cli_research import register as register_research
 
 register_research(app)
 register_captions(app)
+
+
+def _window_problem() -> str | None:
+    """Why Qt's window cannot open on this system (missing xcb libraries), checked before Qt starts:
+    Qt itself would abort the process (exit 134) naming the wrong package."""
+    from medhash_app.core.system_libraries import window_problem
+
+    return window_problem()
 
 
 def _has_display() -> bool:

@@ -119,7 +119,9 @@ def _out_dir(session: Any, req: TrainRequest) -> Path:
 
 def train_on_library(session: Any, req: TrainRequest, *, progress: Callable[[dict], None] | None = None,
                      cancel: threading.Event | None = None) -> TrainOutcome | None:
-    """The whole training job; `progress` receives the engine's events plus encode/eval events.
+    """The whole training job; `progress` receives the engine's events (trainer/engine.py), then
+    {"event": "encode", "model_id"} and {"event": "encode", "model_id", "done", "total"} while the
+    library is encoded, {"event": "evaluate", "model_id"} and the final {"event": "done", ...}.
 
     Under torchrun every process trains; only the main one (rank 0) registers, encodes and
     evaluates, the others return None. The leak study's diagnostic option is refused before anything
@@ -147,7 +149,9 @@ def train_on_library(session: Any, req: TrainRequest, *, progress: Callable[[dic
     (checkpoint / SPLITS_FILE).write_bytes((out_dir / SPLITS_FILE).read_bytes())
     model_id = session.register_checkpoint(checkpoint, activate=req.activate, name=out_dir.name)
     _emit(progress, {"event": "encode", "model_id": model_id})
-    session.encode_library(model_id, cancel=cancel)
+    session.encode_library(model_id, cancel=cancel, progress=lambda done, total: _emit(
+        progress, {"event": "encode", "model_id": model_id, "done": done, "total": total}))
+    _emit(progress, {"event": "evaluate", "model_id": model_id})
     report = evaluate_model(session, model_id)
     session.library.set_model_metrics(model_id, report["metrics"])
     _emit(progress, {"event": "done", "model_id": model_id, "checkpoint": str(checkpoint),

@@ -423,7 +423,11 @@ class TrainerTab(QWidget):
         elif kind == "epoch":
             self._on_epoch(event)
         elif kind == "encode":
-            self.status_label.setText("Encoding the library with the new model and evaluating it…")
+            counts = (f": {event['done']:,} of {event['total']:,} cases"
+                      if isinstance(event.get("done"), int) and isinstance(event.get("total"), int) else "")
+            self.status_label.setText(f"Encoding the library with the new model{counts}…")
+        elif kind == "evaluate":
+            self.status_label.setText("Evaluating the new model on the held-out queries…")
         elif kind == "error":
             self.message.show_message(f"{event.get('item') or 'Training'}: {event.get('reason')}", "warning")
         elif kind == "done" and ("metrics" in event or "model_id" in event):

@@ -61,6 +61,8 @@ def encode_library(library: Library, model_id: int, encoder: EncoderService, *, 
     todo = _missing_case_ids(library, model_id, bits)
     have_text = set(library.get_codes(model_id, "text", bits)[0].tolist()) if todo else set()
     done = 0
+    if progress is not None and todo:  # the total is known before the first (slow) batch
+        progress(0, len(todo))
     for start in range(0, len(todo), batch_size):
         if cancel is not None and cancel.is_set():
             break
