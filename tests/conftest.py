@@ -16,6 +16,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDHASH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pseudonym_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests never read or make the user's real pseudonym key: one test key, named by
+    MEDHASH_KEY_FILE for this process and the children it starts (core/pseudonym.py)."""
+    from medhash_app.core.pseudonym import KEY_ENV, create_key_file
+
+    path = tmp_path_factory.mktemp("medhash-key") / "pseudonym.key"
+    create_key_file(path)
+    before = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop(KEY_ENV, None)
+    else:
+        os.environ[KEY_ENV] = before
+
+
 @pytest.fixture()
 def one_torch_thread() -> Iterator[None]:
     """Tiny models run fastest single-threaded on 2 cores (no thread hand-offs, not slowed by other

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from medhash_app.core.errors import DatasetLayoutError, LibraryError
-from medhash_app.core.imaging.facts import patient_key
 from medhash_app.core.ingest import IngestProgress, content_id, detect_source, ingest
 from medhash_app.core.library import Library
 
@@ -67,7 +66,7 @@ def test_real_chest_dicoms(dicom_dir: Path, lib: Library) -> None:
     assert all(c["label_source"] == "none" and c["labels"] == [] for c in rows.values())  # no reports
     header = pydicom.dcmread(folder / "DX_chest_MONO2_NIH_ChestXray14_implicitLE.dcm", stop_before_pixels=True)
     nih = rows["DX_chest_MONO2_NIH_ChestXray14_implicitLE.dcm"]
-    assert nih["patient_key"] == patient_key(header.PatientID, lib.salt)
+    assert nih["patient_key"] == lib.pseudonyms.patient(header.PatientID)
     assert str(header.PatientID) not in json.dumps(list(lib.iter_cases()))  # never the raw ID
     with Image.open(lib.folder / explicit["input_path"]) as png:
         assert (png.format, png.mode, png.size) == ("PNG", "RGB", (256, 256))
@@ -95,7 +94,7 @@ def test_odir_manifest_slice(odir_dir: Path, lib: Library, tmp_path: Path) -> No
         assert case["laterality"] == {"left": "L", "right": "R"}[record["eye"]]
         assert (case["age"], case["sex"]) == (record["age"], record["sex"][0])
         assert case["extra"]["file_label"] == record["file_label"]
-        assert case["patient_key"] == patient_key(record["patient_id"], lib.salt) != record["patient_id"]
+        assert case["patient_key"] == lib.pseudonyms.patient(record["patient_id"]) != record["patient_id"]
         assert case["report"] == record["report"] and case["label_source"] == "labeler"
     assert lib.get_case(sha_id(odir_dir / "images/0_left_69_Female_C.jpg"))["labels"] == ["C"]
     assert lib.get_case(sha_id(odir_dir / "images/0_right_69_Female_N.jpg"))["labels"] == ["N"]
@@ -135,12 +134,13 @@ def test_csv_manifest_rows_labels_extra_and_missing_files(tmp_path: Path, lib: L
     assert "row 5 has no image" in reasons[str(manifest)]
     first = lib.get_case(sha_id(tmp_path / "img/0.png"))
     assert first["labels"] == ["Pleural Effusion", "Edema"] and first["label_source"] == "dataset"
-    assert (first["view"], first["split"], first["study_instance_uid"], first["extra"]) == ("PA", "train", "S1", {"scanner": "A"})
+    assert (first["view"], first["split"], first["extra"]) == ("PA", "train", {"scanner": "A"})
+    assert first["study_instance_uid"] == lib.pseudonyms.uid("S1")  # a study id is stored as its pseudonym
     assert lib.get_case(sha_id(tmp_path / "img/1.png"))["labels"] == ["No Finding"]
     third = lib.get_case(sha_id(tmp_path / "img/2.png"))
     assert third["label_source"] == "labeler" and "Cardiomegaly" in third["labels"] and third["domain"] == "chest"
     keys = {c["patient_key"] for c in lib.iter_cases()}
-    assert keys == {patient_key("P1", lib.salt), patient_key("P2", lib.salt)}
+    assert keys == {lib.pseudonyms.patient("P1"), lib.pseudonyms.patient("P2")}
 
 
 def test_manifest_without_image_column_names_column_and_file(tmp_path: Path, lib: Library) -> None:

@@ -94,7 +94,7 @@ def test_migration_hook_upgrades_old_library(tmp_path: Path, monkeypatch: pytest
     with Library.open(tmp_path, create=True) as library:
         library.add_cases([make_case(1)])
 
-    def add_reviewed_column(db) -> None:
+    def add_reviewed_column(db, pseudonyms) -> None:
         db.execute("ALTER TABLE cases ADD COLUMN reviewed INTEGER DEFAULT 0")
 
     monkeypatch.setattr(schema, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 1)
@@ -110,7 +110,7 @@ def test_failing_migration_leaves_library_at_old_version(tmp_path: Path,
     with Library.open(tmp_path, create=True):
         pass
 
-    def broken(db) -> None:
+    def broken(db, pseudonyms) -> None:
         db.execute("ALTER TABLE cases ADD COLUMN half_done INTEGER")
         raise RuntimeError("migration bug")
 

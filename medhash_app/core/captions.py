@@ -12,7 +12,7 @@ rules in order; the first rule that finds any case decides:
 
 1. case id (the content hash);
 2. manifest id (`extra["id"]`, kept by manifest ingest; what `chexagent_captions.py --manifest` writes);
-3. DICOM SOP Instance UID;
+3. DICOM SOP Instance UID (compared as the library's keyed pseudonym, which is all it stores);
 4. source file path (absolute);
 5. source file name;
 6. source file stem (the key's name, or an image key's stem, against the source file's stem).
@@ -164,9 +164,12 @@ _RULES: tuple[Rule, ...] = (
 
 
 class _CaseIndex:
-    """Case ids by each rule's value, built in one pass over the library."""
+    """Case ids by each rule's value, built in one pass over the library. `key_maps` turns a file
+    key into the form the library stores (a SOP Instance UID into its pseudonym)."""
 
-    def __init__(self, cases: Iterable[dict[str, Any]]) -> None:
+    def __init__(self, cases: Iterable[dict[str, Any]],
+                 key_maps: Mapping[str, Callable[[str], str | None]] | None = None) -> None:
+        self.key_maps = dict(key_maps or {})
         self.by: dict[str, dict[str, set[str]]] = {name: defaultdict(set) for name, _, _ in _RULES}
         for case in cases:
             for name, values, _ in _RULES:
@@ -177,7 +180,8 @@ class _CaseIndex:
         """(rule, case ids) of the first rule that finds any case for any of `keys`."""
         for name, _, key_values in _RULES:
             table = self.by[name]
-            found = {cid for key in keys for value in key_values(key) for cid in table.get(value, ())}
+            convert = self.key_maps.get(name, lambda value: value)
+            found = {cid for key in keys for value in key_values(key) for cid in table.get(convert(value), ())}
             if found:
                 return name, found
         return None
@@ -212,7 +216,7 @@ def import_captions(library: Library, path: str | Path) -> CaptionImport:
     """
     path = Path(path)
     captions = _read(path)
-    index = _CaseIndex(library.iter_cases())
+    index = _CaseIndex(library.iter_cases(), {"SOP instance UID": library.pseudonyms.uid})
     chosen: dict[str, tuple[str, str]] = {}  # case id -> (caption, key)
     unmatched: list[str] = []
     ambiguous: list[dict[str, Any]] = []

@@ -53,7 +53,8 @@ def looks_like_dicom(path: str | Path) -> bool:
         return False
 
 
-def load_dicom(path: Path, *, frame: int | None, salt: bytes | str, max_pixels: int) -> LoadedImage:
+def load_dicom(path: Path, *, frame: int | None, salt: bytes | str, max_pixels: int,
+               key: bytes | None = None) -> LoadedImage:
     """Decode one frame of a DICOM file into a LoadedImage (modality LUT applied, no VOI yet)."""
     header = read_header(path)
     tsyntax = transfer_syntax(header)
@@ -63,7 +64,7 @@ def load_dicom(path: Path, *, frame: int | None, salt: bytes | str, max_pixels: 
                                        f"{rows * cols * frames:,} pixels, over the limit of {max_pixels:,}")
     index = choose_frame(frame, frames, path)
     stored = decode_frame(path, header, tsyntax, None if frames == 1 else index)
-    facts = facts_from_dataset(header, salt=salt, transfer_syntax=tsyntax.name, frames=frames)
+    facts = facts_from_dataset(header, salt=salt, transfer_syntax=tsyntax.name, frames=frames, key=key)
     common = {"path": path, "facts": facts, "frame_count": frames, "frame_index": index}
     if stored.ndim == 3 or facts.photometric == "PALETTE COLOR":
         return LoadedImage(pixels=color_pixels(stored, header, path), is_color=True, invert=False,

@@ -1,4 +1,4 @@
-"""Header facts: the few DICOM attributes search and filters need, with PHI reduced to a salted key.
+"""Header facts: the few DICOM attributes search and filters need, with PHI reduced to a pseudonym.
 
 Why a separate dataclass: the library stores these per case and the UI shows them; neither should
 touch a pydicom Dataset (and so never sees PatientName or the raw PatientID).
@@ -7,13 +7,14 @@ touch a pydicom Dataset (and so never sees PatientName or the raw PatientID).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydicom.dataset import Dataset
+
+from medhash_app.core.pseudonym import Pseudonymizer, legacy_patient_key
 
 _AGE_RE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12.0, "Y": 365.25}
@@ -30,7 +31,7 @@ class HeaderFacts:
     study_date: str | None = None  # ISO date, YYYY-MM-DD
     age: float | None = None  # years
     sex: str | None = None  # "M", "F" or "O"
-    patient_key: str | None = None  # sha256(salt + PatientID)[:16], never the ID itself
+    patient_key: str | None = None  # keyed pseudonym of the PatientID (core/pseudonym.py), never the ID
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
     photometric: str | None = None
@@ -65,13 +66,13 @@ def parse_date(value: object) -> str | None:
         return None
 
 
-def patient_key(patient_id: object, salt: bytes | str = b"") -> str | None:
-    """Salted SHA-256 of the PatientID (first 16 hex digits): links studies without storing the ID."""
-    text = str(patient_id or "").strip()
-    if not text:
-        return None
+def patient_key(patient_id: object, salt: bytes | str = b"", key: bytes | None = None) -> str | None:
+    """The keyed pseudonym of a PatientID (HMAC under the workstation key, core/pseudonym.py) when
+    `key` is given; without it the bare salted hash, which is never stored (info and queries drop it)."""
     salt_bytes = salt.encode("utf-8") if isinstance(salt, str) else bytes(salt)
-    return hashlib.sha256(salt_bytes + text.encode("utf-8")).hexdigest()[:16]
+    if key is not None:
+        return Pseudonymizer(key, salt_bytes).patient(patient_id)
+    return legacy_patient_key(patient_id, salt_bytes)
 
 
 def text_value(ds: Dataset, keyword: str) -> str | None:
@@ -95,7 +96,7 @@ def int_value(ds: Dataset, keyword: str) -> int | None:
 
 
 def facts_from_dataset(ds: Dataset, *, salt: bytes | str = b"", transfer_syntax: str | None = None,
-                       frames: int = 1) -> HeaderFacts:
+                       frames: int = 1, key: bytes | None = None) -> HeaderFacts:
     """Collect the header facts of a DICOM data set (PHI never leaves this function)."""
     sex = (text_value(ds, "PatientSex") or "").upper()
     return HeaderFacts(
@@ -106,7 +107,7 @@ def facts_from_dataset(ds: Dataset, *, salt: bytes | str = b"", transfer_syntax:
         study_date=parse_date(ds.get("StudyDate")),
         age=parse_age(ds.get("PatientAge")),
         sex=sex if sex in {"M", "F", "O"} else None,
-        patient_key=patient_key(ds.get("PatientID"), salt),
+        patient_key=patient_key(ds.get("PatientID"), salt, key),
         sop_instance_uid=text_value(ds, "SOPInstanceUID"),
         study_instance_uid=text_value(ds, "StudyInstanceUID"),
         photometric=text_value(ds, "PhotometricInterpretation"),

@@ -17,13 +17,14 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def load_image(path: str | Path, *, frame: int | None = None, salt: bytes | str = b"",
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+               max_pixels: int = DEFAULT_MAX_PIXELS, key: bytes | None = None) -> LoadedImage:
     """Decode `path` (DICOM, PNG, JPEG or TIFF) into a LoadedImage.
 
     Files without a known suffix are accepted when their content is DICOM (archives often drop the
     suffix). `frame` picks a frame of a multi-frame file: DICOM defaults to the middle frame, other
     formats to the first. Pixel counts above `max_pixels` (all frames) are refused from the header,
     before decoding. Raises UnsupportedFileError, CorruptFileError or ImageTooLargeError.
+    `salt` and `key` make `facts.patient_key` the library's keyed pseudonym (core/pseudonym.py).
     """
     path = Path(path)
     size = file_size(path)
@@ -35,7 +36,7 @@ def load_image(path: str | Path, *, frame: int | None = None, salt: bytes | str 
     if suffix in DICOM_SUFFIXES or looks_like_dicom(path):
         if size == 0:
             raise CorruptFileError(path, "the file is empty (0 bytes)")
-        return load_dicom(path, frame=frame, salt=salt, max_pixels=max_pixels)
+        return load_dicom(path, frame=frame, salt=salt, max_pixels=max_pixels, key=key)
     shown = f"'{suffix}' files are" if suffix else "files without a suffix that are not DICOM are"
     raise UnsupportedFileError(path, f"{shown} not supported; MedHash reads DICOM, PNG, JPEG and TIFF")
 

@@ -32,6 +32,7 @@ class DecodeJob:
     frame: int | None
     salt: bytes
     folder: str
+    key: bytes | None = None  # the workstation's pseudonym key: the patient key is made in the worker
 
 
 @dataclass
@@ -49,7 +50,7 @@ class DecodeResult:
 def decode_job(job: DecodeJob) -> DecodeResult:
     """Decode one file and store its model input PNG and thumbnail JPEG in the library."""
     try:
-        image = load_image(job.path, frame=job.frame, salt=job.salt)
+        image = load_image(job.path, frame=job.frame, salt=job.salt, key=job.key)
         model = model_image(image, MODEL_SIZE)
         thumb = thumbnail_jpeg(image, THUMB_SIZE)
     except MedHashError as exc:

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 # IngestItem.metadata keys the pipeline maps onto case columns; anything else belongs in "extra".
+# "withheld" lists the identifying columns a source read but did not keep (names only, never values).
 METADATA_KEYS = frozenset({"domain", "view", "laterality", "age", "sex", "patient_id", "study_id",
-                           "study_date", "split", "frame", "extra"})
+                           "study_date", "split", "frame", "extra", "withheld"})
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,9 @@ class IngestItem:
 
 @dataclass
 class IngestReport:
-    """Outcome of one `ingest` call; `failed` holds (path, reason) for every file not added."""
+    """Outcome of one `ingest` call; `failed` holds (path, reason) for every file not added.
+    `notices` are sentences the user should read (identifying columns not stored, another key);
+    `decoder_warnings` counts the decoders' warnings written to `log_file` instead of the terminal."""
 
     added: int = 0
     skipped: int = 0
@@ -34,6 +37,9 @@ class IngestReport:
     repaired: int = 0
     cancelled: bool = False
     total: int = 0
+    notices: list[str] = field(default_factory=list)
+    decoder_warnings: int = 0
+    log_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (`failed` as a list of {"path", "reason"})."""

@@ -27,6 +27,7 @@ from medhash_app.core.ingest.sources import iter_items
 from medhash_app.core.input_files import open_input
 from medhash_app.core.library import Library
 from medhash_app.core.library.files import sweep_temp_files
+from medhash_app.core.pseudonym import Pseudonymizer
 
 ProgressCallback = Callable[[IngestProgress], None]
 _MIN_EVENT_INTERVAL_S = 0.1  # at most 10 progress events per second
@@ -102,10 +103,13 @@ class _Run:
     report: IngestReport
     outcome: dict[str, str | None] = field(default_factory=dict)  # case id -> None ok | failure reason
     logs: list[dict[str, object]] = field(default_factory=list)
-    salt: bytes = b""
+    pseudonyms: Pseudonymizer | None = None
 
     def __post_init__(self) -> None:
-        self.salt = self.library.salt
+        self.pseudonyms = self.library.pseudonyms
+        notice = self.library.claim_key()
+        if notice:
+            self.report.notices.append(notice)
 
     def log(self, item: IngestItem, case_id: str | None, status: str, reason: str | None = None) -> None:
         self.logs.append({"path": str(item.path), "content_hash": case_id, "status": status, "reason": reason,
@@ -147,8 +151,8 @@ class _Run:
                 self.log(item, cid, "skipped", "already in the library")
             else:
                 self.outcome[cid] = None
-                todo.append((item, DecodeJob(str(item.path), cid, item.metadata.get("frame"), self.salt,
-                                             str(self.library.folder))))
+                todo.append((item, DecodeJob(str(item.path), cid, item.metadata.get("frame"), self.pseudonyms.salt,
+                                             str(self.library.folder), self.pseudonyms.key)))
         return todo, duplicates
 
     def _row(self, item: IngestItem, result: DecodeResult, repair: bool) -> dict[str, object] | None:
@@ -162,7 +166,7 @@ class _Run:
         if item.report is not None and clean_report(item.report) is None:
             notes.append("the report is empty; stored without one")
         self.log(item, result.case_id, "ok", "; ".join(notes) or None)
-        return build_row(item, result, domain=self.domain, salt=self.salt)
+        return build_row(item, result, domain=self.domain, pseudonyms=self.pseudonyms)
 
 
 def ingest(paths: Sequence[str | Path], library: Library, *, domain: str | None = None,
@@ -181,6 +185,10 @@ def ingest(paths: Sequence[str | Path], library: Library, *, domain: str | None 
         raise LibraryError(library.folder, "the library is open read-only; open it for writing to ingest")
     items = collect_items(paths)
     report = IngestReport(batch_id=uuid.uuid4().hex, total=len(items))
+    withheld = sorted({str(c) for item in items for c in item.metadata.get("withheld") or ()})
+    if withheld:
+        report.notices.append(f"not stored because they identify patients: the column(s) {', '.join(withheld)} "
+                              "(a patient id or MRN only becomes the keyed patient key)")
     run, throttle = _Run(library, domain, report), _Throttle(progress)
     sweep_temp_files(library.folder)
     with Decoder(workers) as decoder, ThreadPoolExecutor(_HASH_THREADS) as hasher:

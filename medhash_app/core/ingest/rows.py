@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from medhash_app.core.imaging.facts import patient_key
 from medhash_app.core.ingest.decode import DecodeResult
 from medhash_app.core.ingest.items import IngestItem
 from medhash_app.core.library import input_rel_path, thumb_rel_path
+from medhash_app.core.pseudonym import Pseudonymizer
 from trainer.data.labels import labels_from_report
 
 DOMAINS = ("chest", "fundus", "other")
@@ -46,8 +46,13 @@ def resolve_labels(item: IngestItem, report: str | None, domain: str) -> tuple[l
     return labels_from_report(report, domain), "labeler"  # type: ignore[arg-type]
 
 
-def build_row(item: IngestItem, result: DecodeResult, *, domain: str | None, salt: bytes) -> dict[str, Any]:
-    """The `cases` row; source metadata wins over header facts where both say something."""
+def build_row(item: IngestItem, result: DecodeResult, *, domain: str | None,
+              pseudonyms: Pseudonymizer) -> dict[str, Any]:
+    """The `cases` row; source metadata wins over header facts where both say something.
+
+    What identifies a patient or study is stored only as a keyed pseudonym (patient key, Study and
+    SOP Instance UIDs, a manifest's study id); `source_path` is kept so the original can be opened
+    again (docs/architecture.md, "What the library stores about patients")."""
     facts, meta = result.facts, item.metadata
     report = clean_report(item.report)
     resolved = resolve_domain(domain, item, facts, result.looks_grey)
@@ -56,8 +61,8 @@ def build_row(item: IngestItem, result: DecodeResult, *, domain: str | None, sal
     return {
         "id": result.case_id, "source_path": os.path.abspath(item.path),
         "source_kind": str(facts.get("file_format") or "").lower() or None,
-        "sop_instance_uid": facts.get("sop_instance_uid"),
-        "study_instance_uid": facts.get("study_instance_uid") or meta.get("study_id"),
+        "sop_instance_uid": pseudonyms.uid(facts.get("sop_instance_uid")),
+        "study_instance_uid": pseudonyms.uid(facts.get("study_instance_uid") or meta.get("study_id")),
         "report": report, "labels": labels, "label_source": label_source, "domain": resolved,
         "modality": facts.get("modality"), "body_part": facts.get("body_part"),
         "view": meta.get("view") or facts.get("view"),
@@ -65,7 +70,7 @@ def build_row(item: IngestItem, result: DecodeResult, *, domain: str | None, sal
         "study_date": meta.get("study_date") or facts.get("study_date"),
         "age": meta.get("age") if meta.get("age") is not None else facts.get("age"),
         "sex": meta.get("sex") or facts.get("sex"),
-        "patient_key": patient_key(pid, salt) if pid else facts.get("patient_key"),
+        "patient_key": pseudonyms.patient(pid) if pid else facts.get("patient_key"),
         "split": meta.get("split"), "extra": meta.get("extra") or {},
         "input_path": input_rel_path(result.case_id), "thumb_path": thumb_rel_path(result.case_id),
     }

@@ -15,6 +15,7 @@ from medhash_app.core.library.cases import CaseStore
 from medhash_app.core.library.codes import CodeStore
 from medhash_app.core.library.files import DB_NAME, SUBFOLDERS
 from medhash_app.core.library.models import ModelStore
+from medhash_app.core.pseudonym import KEY_ENV, Pseudonymizer, key_file, load_key
 
 _NOT_A_LIBRARY = "not a MedHash library (no readable library.sqlite with MedHash tables in it)"
 
@@ -92,11 +93,15 @@ class Library(CaseStore, ModelStore, CodeStore):
             return
         self.db.enable_wal()
         self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("PRAGMA secure_delete = ON")  # replaced values are overwritten, not left in free pages
+        stored = self._stored_version()
         with self.transaction() as db:
             if fresh:
                 schema.create_schema(db)
             else:
-                schema.migrate(db, self._stored_version() or 0)
+                schema.migrate(db, stored or 0, lambda: self.pseudonyms)
+        if not fresh and (stored or 0) < schema.SCHEMA_VERSION:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # old page images leave the WAL too
         for sub in SUBFOLDERS:
             (self.folder / sub).mkdir(exist_ok=True)
 
@@ -121,6 +126,32 @@ class Library(CaseStore, ModelStore, CodeStore):
     def salt(self) -> bytes:
         """Per-library random salt for patient keys (so keys cannot be joined across libraries)."""
         return bytes.fromhex(schema.get_meta(self.db, "salt") or "")
+
+    @property
+    def pseudonyms(self) -> Pseudonymizer:
+        """Keyed pseudonyms for this library under this workstation's key file (core/pseudonym.py;
+        the key file is made on first use and never stored in the library)."""
+        if getattr(self, "_pseudonyms", None) is None:
+            self._pseudonyms = Pseudonymizer(load_key(), self.salt)
+        return self._pseudonyms
+
+    def claim_key(self) -> str | None:
+        """Record the key's fingerprint on the first write that uses it; afterwards, a sentence
+        saying so when this workstation's key is not the one the library was built with (None when
+        it is)."""
+        mine = self.pseudonyms.fingerprint()
+        stored = schema.get_meta(self.db, "key_fingerprint")
+        if stored is None:
+            with self.transaction() as db:
+                schema.set_meta(db, "key_fingerprint", mine)
+            return None
+        if stored == mine:
+            return None
+        return (f"this library's patient keys and UID pseudonyms were made with another pseudonym key "
+                f"(fingerprint {stored}; this workstation's key file {key_file()} has {mine}). The cases "
+                f"stay searchable, but cases imported now are not grouped by patient with earlier ones and "
+                f"captions do not match earlier cases by SOP Instance UID. Copy the key file of the "
+                f"workstation that built the library here, or set {KEY_ENV} to it, then import again")
 
     @property
     def inputs_dir(self) -> Path:

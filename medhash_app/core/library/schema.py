@@ -7,12 +7,16 @@ function to MIGRATIONS and bumps SCHEMA_VERSION; `migrate` runs the missing step
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable
 
 from sqlite_utils import Database
 
-SCHEMA_VERSION = 1
+from medhash_app.core.phi import identifying_column
+from medhash_app.core.pseudonym import LEGACY_KEY_HEX, Pseudonymizer, is_pseudonym
+
+SCHEMA_VERSION = 2
 
 # `seq` is the explicit rowid: it is the stable "database position" that ranking uses to break
 # ties, and the rowid the FTS index points at. An implicit rowid could be renumbered by VACUUM.
@@ -56,10 +60,37 @@ CREATE TABLE IF NOT EXISTS codes (
 CREATE INDEX IF NOT EXISTS codes_case ON codes(case_id);
 """
 
-Migration = Callable[[Database], None]
+PseudonymSource = Callable[[], Pseudonymizer]
+Migration = Callable[[Database, PseudonymSource], None]
+
+
+def _pseudonymise_v1(db: Database, pseudonyms: PseudonymSource) -> None:
+    """Schema 1 -> 2: what schema 1 kept in clear becomes what schema 2 keeps (architecture.md,
+    "What the library stores about patients"): salted patient keys are re-keyed with the workstation
+    key (grouping by patient is kept), Study/SOP Instance UIDs become keyed pseudonyms, and identifying
+    columns (names, birth dates, MRNs...) are removed from `extra`. Old values are overwritten in the
+    file, not just unlinked (secure_delete, and the caller truncates the WAL)."""
+    rows = list(db.query("SELECT id, patient_key, sop_instance_uid, study_instance_uid, extra FROM cases"))
+    if not rows:
+        return
+    keyer = pseudonyms()
+    updates = []
+    for row in rows:
+        key = row["patient_key"]
+        if key and len(key) == LEGACY_KEY_HEX:
+            key = keyer.rekey_patient(key)
+        sop, study = (v if v is None or is_pseudonym(v) else keyer.uid(v)
+                      for v in (row["sop_instance_uid"], row["study_instance_uid"]))
+        extra = json.loads(row["extra"] or "{}")
+        kept = {k: v for k, v in extra.items() if not identifying_column(k)} if isinstance(extra, dict) else extra
+        updates.append((key, sop, study, json.dumps(kept, sort_keys=True, default=str), row["id"]))
+    db.conn.executemany("UPDATE cases SET patient_key = ?, sop_instance_uid = ?, study_instance_uid = ?, "
+                        "extra = ? WHERE id = ?", updates)
+    set_meta(db, "key_fingerprint", keyer.fingerprint())
+
 
 # MIGRATIONS[v] upgrades a library from schema v to v + 1.
-MIGRATIONS: dict[int, Migration] = {}
+MIGRATIONS: dict[int, Migration] = {1: _pseudonymise_v1}
 
 
 def create_schema(db: Database) -> None:
@@ -84,8 +115,9 @@ def set_meta(db: Database, key: str, value: str) -> None:
     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
 
-def migrate(db: Database, from_version: int) -> None:
-    """Apply MIGRATIONS[from_version], ... up to SCHEMA_VERSION (caller holds a transaction)."""
+def migrate(db: Database, from_version: int, pseudonyms: PseudonymSource) -> None:
+    """Apply MIGRATIONS[from_version], ... up to SCHEMA_VERSION (caller holds a transaction).
+    `pseudonyms()` gives the workstation's Pseudonymizer for this library (called only if needed)."""
     for version in range(from_version, SCHEMA_VERSION):
-        MIGRATIONS[version](db)
+        MIGRATIONS[version](db, pseudonyms)
         set_meta(db, "schema_version", str(version + 1))

@@ -16,6 +16,7 @@ from typing import Any
 
 from medhash_app.core.errors import DatasetLayoutError
 from medhash_app.core.input_files import MAX_TEXT_BYTES, read_input
+from medhash_app.core.phi import PATIENT_ID_COLUMNS, identifying_column
 
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
@@ -180,13 +181,16 @@ def normalise_laterality(value: Any) -> str | None:
 
 
 def record_metadata(record: dict[str, Any], consumed: set[str] | frozenset[str] = CORE_COLUMNS) -> dict[str, Any]:
-    """Metadata of a manifest/sidecar record: known columns mapped, the others kept in `extra`.
+    """Metadata of a manifest/sidecar record: known columns mapped, the others kept in `extra`,
+    except the ones that identify someone (core/phi.py: names, birth dates, MRNs, accession numbers,
+    addresses...), which are dropped and listed by name in "withheld".
 
     `eye`/`laterality`, `age` and `sex` are mapped onto case columns and also stay in `extra`;
-    `patient_id` is only ever used to make the salted patient key (never stored).
+    `patient_id` (or an MRN column) is only ever used to make the keyed patient key (never stored).
     """
+    patient_id = next((text for column in PATIENT_ID_COLUMNS if (text := text_or_none(record.get(column)))), None)
     meta: dict[str, Any] = {
-        "patient_id": text_or_none(record.get("patient_id")),
+        "patient_id": patient_id,
         "study_id": text_or_none(record.get("study_id")),
         "view": (text_or_none(record.get("view")) or "").upper() or None,
         "split": text_or_none(record.get("split")),
@@ -196,7 +200,9 @@ def record_metadata(record: dict[str, Any], consumed: set[str] | frozenset[str] 
         "sex": normalise_sex(record.get("sex")),
         "study_date": text_or_none(record.get("study_date")),
     }
-    meta["extra"] = {k: v for k, v in record.items() if k not in consumed and v not in (None, "")}
+    kept = {k: v for k, v in record.items() if k not in consumed and v not in (None, "")}
+    meta["extra"] = {k: v for k, v in kept.items() if not identifying_column(k)}
+    meta["withheld"] = sorted(str(k) for k in kept if identifying_column(k))
     if meta["domain"] is None and "eye" in record:
         meta["domain"] = "fundus"  # per-eye records (ODIR-style manifests) are fundus photographs
-    return {k: v for k, v in meta.items() if v not in (None, {})}
+    return {k: v for k, v in meta.items() if v not in (None, {}, [])}
