@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from medhash_app.core.errors import DatasetLayoutError
+from medhash_app.core.errors import DatasetLayoutError, MedHashError
 from medhash_app.core.ingest.items import IngestItem
 from medhash_app.core.ingest.sources.common import (
     parse_labels,
@@ -21,16 +21,27 @@ from medhash_app.core.ingest.sources.common import (
     text_or_none,
 )
 
-# A folder holding one of these is ingested through it.
+# A folder holding one of these with an `image` column is ingested through it; without that column
+# the file is some other table (e.g. a scanner export's file list) and the folder is imported as a folder.
 MANIFEST_NAMES = ("manifest.csv", "manifest.tsv", "manifest.jsonl", "pairs.jsonl", "pairs.csv")
 
 
 def manifest_file(path: Path) -> Path | None:
+    """The manifest to read for `path`: the file itself when given as one (its columns are checked
+    when read), or a folder's manifest that has an `image` column."""
     if path.is_file() and table_suffix(path) in (".csv", ".csv.gz", ".tsv", ".jsonl", ".ndjson"):
         return path
     if path.is_dir():
-        return next((path / n for n in MANIFEST_NAMES if (path / n).is_file()), None)
+        return next((path / n for n in MANIFEST_NAMES if (path / n).is_file() and _names_images(path / n)), None)
     return None
+
+
+def _names_images(table: Path) -> bool:
+    """The table has an `image` column; an unreadable one counts as a manifest so its problem is shown."""
+    try:
+        return "image" in read_header(table)
+    except MedHashError:
+        return True
 
 
 def detect(path: Path) -> bool:
