@@ -63,11 +63,13 @@ def test_an_override_changes_exactly_its_term(method):
 
 
 def test_shared_defaults_do_not_replace_a_methods_weight():
-    # TriPAH's quantization weight differs from BASE's shared one: the config must not carry the
-    # shared value into TriPAH (the bug: every config held BASE's whole table).
-    assert tripah.LOSS_WEIGHTS["quantization"] != DEFAULT_LOSS_WEIGHTS["quantization"]
+    # The bug: every config held BASE's whole table, so a method's own weight of a shared name
+    # (TriPAH's quantization was 0.3 then) was silently replaced by BASE's 0.1.
     cfg = ModelConfig(method="tripah")
     assert cfg.loss_weights == {}
+    own = {"quantization": 0.3, "global": 1.0}
+    assert DEFAULT_LOSS_WEIGHTS["quantization"] != own["quantization"]
+    assert method_loss_weights(cfg, own) == own
     assert method_loss_weights(cfg, tripah.LOSS_WEIGHTS) == tripah.LOSS_WEIGHTS
 
 

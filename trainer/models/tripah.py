@@ -61,12 +61,13 @@ if TYPE_CHECKING:
 Meta = Sequence[Mapping[str, Any] | None] | None
 
 COMPONENTS = {"triview": True, "iahash": True, "context_prompt": True, "visual_prompt": True}
-# Eq. 12: L = L_global + alpha L_local + mu L_intra + xi L_cls + ..., with alpha = 1 (local),
-# mu = 1 (intra-text, Eq. 8) and xi = 0.3 (classification, Eq. 10) as the paper gives them;
-# eta = 0.01 weighs the Eq. 11 KL ("bayesian"). The quantization weight 0.3 is the project's earlier
-# reading (its Greek letter was taken to be xi, which the paper gives to classification): unverified.
+# Eq. 12: L = L_global + alpha L_local + mu L_intra + xi L_cls + kappa L_q + eta L_bayes, with
+# alpha = 1 (local), mu = 1 (intra-text, Eq. 8), xi = 0.3 (classification, Eq. 10), kappa = 0.1
+# (quantization, Eq. 9) and eta = 0.01 (the Eq. 11 KL, "bayesian"). The project's first reading had
+# the letters shifted (mu on classification, kappa on intra-text, xi on quantization); with mu and xi
+# placed as the paper gives them, kappa = 0.1 is the one left for quantization.
 # The global InfoNCE is the unit-weight anchor; "distill" (the training-only teacher) is our addition.
-LOSS_WEIGHTS = {"global": 1.0, "local": 1.0, "intra_text": 1.0, "quantization": 0.3, "classification": 0.3,
+LOSS_WEIGHTS = {"global": 1.0, "local": 1.0, "intra_text": 1.0, "quantization": 0.1, "classification": 0.3,
                 "bayesian": 0.01, "distill": 0.1}
 OPTIONS: dict[str, Any] = {
     "tau": 0.05,  # InfoNCE temperature of Eq. 5 and the base temperature of Eqs. 6-7
