@@ -72,7 +72,7 @@ def test_fifos_and_devices_are_skipped_with_a_reason(tmp_path: Path) -> None:
     make_png(folder / "good.png", 1)
     os.mkfifo(folder / "pipe.dcm")
     os.mkfifo(folder / "IM0001")  # no suffix: would be sniffed for DICOM content
-    (folder / "zero.dcm").symlink_to("/dev/zero")
+    (folder / "zero.dcm").symlink_to("/dev/zero")  # outside the folder: refused unopened
     make_png(folder / "linked_target.png", 2)
     (folder / "linked.png").symlink_to(folder / "linked_target.png")  # a link to a regular file is fine
     report = ingest_in_child(tmp_path / "lib", folder)
@@ -80,7 +80,7 @@ def test_fifos_and_devices_are_skipped_with_a_reason(tmp_path: Path) -> None:
     reasons = failures(report)
     assert set(reasons) == {"pipe.dcm", "zero.dcm"}
     assert "not a regular file" in reasons["pipe.dcm"] and "pipe" in reasons["pipe.dcm"]
-    assert "not a regular file" in reasons["zero.dcm"] and "device" in reasons["zero.dcm"]
+    assert "outside the folder being imported" in reasons["zero.dcm"]
 
 
 def test_a_manifest_row_pointing_at_dev_zero_is_skipped(tmp_path: Path) -> None:
@@ -90,13 +90,16 @@ def test_a_manifest_row_pointing_at_dev_zero_is_skipped(tmp_path: Path) -> None:
     report = ingest_in_child(tmp_path / "lib", manifest)
     assert report["added"] == 1
     reasons = failures(report)
-    assert set(reasons) == {"zero"} and "not a regular file" in reasons["zero"]
+    assert set(reasons) == {"zero"} and "outside the folder being imported" in reasons["zero"]  # never opened
 
 
-def test_a_fifo_given_directly_is_skipped(tmp_path: Path) -> None:
+def test_a_fifo_or_device_given_directly_is_skipped(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.dcm")
-    report = ingest_in_child(tmp_path / "lib", tmp_path / "pipe.dcm")
-    assert report["added"] == 0 and "not a regular file" in failures(report)["pipe.dcm"]
+    (tmp_path / "zero.dcm").symlink_to("/dev/zero")  # named directly, so the outside rule does not apply
+    report = ingest_in_child(tmp_path / "lib", tmp_path / "pipe.dcm", tmp_path / "zero.dcm")
+    reasons = failures(report)
+    assert report["added"] == 0 and "not a regular file" in reasons["pipe.dcm"]
+    assert "not a regular file" in reasons["zero.dcm"] and "device" in reasons["zero.dcm"]
 
 
 def test_files_over_the_size_limit_are_skipped_unread(tmp_path: Path, lib: Library) -> None:

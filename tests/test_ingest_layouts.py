@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from medhash_app.core.errors import DatasetLayoutError
-from medhash_app.core.imaging.facts import patient_key
 from medhash_app.core.ingest import detect_source, ingest
 from medhash_app.core.library import Library
 
@@ -122,7 +121,7 @@ def test_iu_xray_xml_layout(tmp_path: Path, lib: Library) -> None:
     normal = lib.get_case(sha_id(pngs["CXR1_1_IM-0001-3001"]))
     assert normal["report"].startswith("FINDINGS: The cardiac silhouette") and "\nIMPRESSION: Normal chest" in normal["report"]
     assert (normal["domain"], normal["label_source"], normal["labels"]) == ("chest", "labeler", ["No Finding"])
-    assert normal["study_instance_uid"] == "CXR1" and normal["extra"]["mesh"] == ["normal"]
+    assert normal["study_instance_uid"] == lib.pseudonyms.uid("CXR1") and normal["extra"]["mesh"] == ["normal"]
     assert normal["extra"]["indication"] == "Positive TB test"
     effusion = lib.get_case(sha_id(pngs["CXR2_1_IM-0652-1001"]))
     assert {"Pleural Effusion", "Cardiomegaly"} <= set(effusion["labels"])
@@ -151,7 +150,7 @@ def test_iu_xray_kaggle_csv_layout(tmp_path: Path, lib: Library) -> None:
     report = ingest([root], lib, workers=1)
     assert report.added == 3 and not report.failed
     lateral = lib.get_case(sha_id(images["1_IM-0001-3001.dcm.png"]))
-    assert (lateral["view"], lateral["study_instance_uid"]) == ("LATERAL", "CXR1")
+    assert (lateral["view"], lateral["study_instance_uid"]) == ("LATERAL", lib.pseudonyms.uid("CXR1"))
     second = lib.get_case(sha_id(images["2_IM-0652-1001.dcm.png"]))
     assert second["view"] == "FRONTAL" and "Cardiomegaly" in second["labels"]
     assert second["extra"]["mesh"] == ["Cardiomegaly/borderline", "Pulmonary Artery/enlarged"]
@@ -215,14 +214,15 @@ def test_mimic_cxr_jpg_layout(tmp_path: Path, lib: Library) -> None:
     cases = {dicom_id: lib.get_case(sha_id(path)) for dicom_id, path in jpgs.items()}
     first = cases[MIMIC_IMAGES[0][2]]
     assert (first["labels"], first["label_source"], first["view"], first["split"]) == (["No Finding"], "dataset", "PA", "train")
-    assert (first["study_date"], first["study_instance_uid"], first["source_kind"]) == ("2180-05-06", "50414267", "jpeg")
+    assert (first["study_date"], first["study_instance_uid"], first["source_kind"]) == ("2180-05-06", lib.pseudonyms.uid("50414267"),
+                                                                                     "jpeg")
     assert first["report"].startswith("FINAL REPORT") and first["extra"]["dicom_id"] == MIMIC_IMAGES[0][2]
     edema = cases[MIMIC_IMAGES[2][2]]
     assert edema["labels"] == ["Edema"] and edema["extra"]["uncertain_labels"] == ["Pleural Effusion"]
     unlabelled = cases[MIMIC_IMAGES[3][2]]  # its study is not in chexpert.csv: the labeler reads the report
     assert unlabelled["label_source"] == "labeler" and "Pneumothorax" in unlabelled["labels"]
     assert unlabelled["split"] == "test" and unlabelled["view"] == "AP"
-    assert first["patient_key"] == edema["patient_key"] == patient_key("10000032", lib.salt)
+    assert first["patient_key"] == edema["patient_key"] == lib.pseudonyms.patient("10000032")
     assert unlabelled["patient_key"] != first["patient_key"]
 
 

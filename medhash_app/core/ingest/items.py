@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 # IngestItem.metadata keys the pipeline maps onto case columns; anything else belongs in "extra".
-# "withheld" lists the identifying columns a source read but did not keep (names only, never values).
+# "withheld" lists the identifying columns a source read but did not keep (names only, never values);
+# "row" is a manifest row's number (for messages).
 METADATA_KEYS = frozenset({"domain", "view", "laterality", "age", "sex", "patient_id", "study_id",
-                           "study_date", "split", "frame", "extra", "withheld"})
+                           "study_date", "split", "frame", "extra", "withheld", "row"})
 
 
 @dataclass(frozen=True)

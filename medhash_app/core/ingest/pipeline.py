@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from medhash_app.core.errors import LibraryError, MedHashError
+from medhash_app.core.errors import DatasetLayoutError, LibraryError, MedHashError
 from medhash_app.core.ingest.decode import DecodeJob, Decoder, DecodeResult
 from medhash_app.core.ingest.items import IngestItem, IngestProgress, IngestReport
 from medhash_app.core.ingest.rows import DOMAINS, build_row, clean_report
@@ -65,17 +65,53 @@ def _hash_item(item: IngestItem) -> tuple[str | None, str | None]:
         return None, f"the file cannot be read ({exc.strerror or exc})"
 
 
-def collect_items(paths: Iterable[str | Path]) -> list[IngestItem]:
-    """Items of every path (each read by the source that recognises it), duplicates dropped."""
+def collect_items(paths: Iterable[str | Path], allowed_roots: Iterable[str | Path] = ()) -> list[IngestItem]:
+    """Items of every path (each read by the source that recognises it), duplicates dropped.
+
+    Only files inside the imported folder (or the folder of the imported manifest or DICOMDIR), or
+    inside one of `allowed_roots`, are read, judged after resolving symbolic links and ".."; a file
+    named directly is always read. Any other entry (a manifest row naming ../../x or /etc/shadow)
+    becomes that entry's error, unopened."""
+    allowed = [_allowed_root(Path(root)) for root in allowed_roots]
     seen: set[tuple[str, object]] = set()
     out: list[IngestItem] = []
     for path in paths:
-        for item in iter_items(Path(path)):
+        path = Path(path)
+        root = path.resolve()
+        root = root if root.is_dir() else root.parent
+        for item in iter_items(path):
+            problem = None if item.problem else outside_problem(item, path, [root, *allowed])
+            if problem:
+                item = IngestItem(item.path, problem=problem)
             key = (os.path.abspath(item.path), item.metadata.get("frame"))
             if key not in seen or item.problem:
                 seen.add(key)
                 out.append(item)
     return out
+
+
+def _allowed_root(root: Path) -> Path:
+    if not root.is_dir():
+        raise DatasetLayoutError(root, "a folder allowed for files outside the import (--allow-outside) must be "
+                                       "an existing folder")
+    return root.resolve()
+
+
+def outside_problem(item: IngestItem, named: Path, roots: Sequence[Path]) -> str | None:
+    """Why `item` is not read (outside every root once links are resolved), or None."""
+    if os.path.abspath(item.path) == os.path.abspath(named):
+        return None  # the user named this very file
+    try:
+        real = Path(item.path).resolve()
+    except (OSError, RuntimeError):
+        return "its symbolic links cannot be resolved (a loop?), so whether it lies inside the import is unknown"
+    if any(real.is_relative_to(root) for root in roots):
+        return None
+    row = item.metadata.get("row")
+    who = f"row {row} of {named.name if named.is_file() else 'the manifest'} names" if row else "this entry is"
+    return (f"{who} a file outside the folder being imported ({roots[0]}): it is {real} once links and '..' are "
+            "resolved. Files outside are not read unless their folder is allowed (medhash ingest "
+            "--allow-outside FOLDER)")
 
 
 @dataclass
@@ -171,11 +207,13 @@ class _Run:
 
 def ingest(paths: Sequence[str | Path], library: Library, *, domain: str | None = None,
            progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-           batch_size: int = 64, workers: int | None = None) -> IngestReport:
+           batch_size: int = 64, workers: int | None = None,
+           allowed_roots: Sequence[str | Path] = ()) -> IngestReport:
     """Add the images under `paths` to `library`; re-running skips what is already there.
 
     `domain` ("chest", "fundus" or "other") overrides detection. A bad file is logged with its
-    reason and the rest goes on; `cancel` stops cleanly between batches. Raises
+    reason and the rest goes on; `cancel` stops cleanly between batches. Files are read only from
+    inside the imported folders (links resolved) or `allowed_roots` (see collect_items). Raises
     DatasetLayoutError for an unreadable layout (before anything is written) and LibraryError when
     the library cannot be written (the current batch is rolled back).
     """
@@ -183,7 +221,7 @@ def ingest(paths: Sequence[str | Path], library: Library, *, domain: str | None 
         raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
     if library.read_only:
         raise LibraryError(library.folder, "the library is open read-only; open it for writing to ingest")
-    items = collect_items(paths)
+    items = collect_items(paths, allowed_roots)
     report = IngestReport(batch_id=uuid.uuid4().hex, total=len(items))
     withheld = sorted({str(c) for item in items for c in item.metadata.get("withheld") or ()})
     if withheld:

@@ -2,7 +2,9 @@
 
 Columns: `image` (required; relative to the manifest, or absolute), `report`, `labels` (a list or
 ";"-separated), `patient_id`, `study_id`, `view`, `split`, `domain`; `eye`/`laterality`, `age`,
-`sex` are mapped too; every other column is kept in the case's `extra`.
+`sex` are mapped too; every other column is kept in the case's `extra`, except identifying ones
+(core/phi.py). An `image` outside the manifest's folder tree (after resolving links and "..") is
+that row's error unless the import allows its folder (ingest.collect_items).
 """
 
 from __future__ import annotations
@@ -63,4 +65,4 @@ def row_item(manifest: Path, number: int, record: dict[str, object]) -> IngestIt
     if image is None:
         return IngestItem(manifest, problem=f"row {number} has no image file name")
     return IngestItem(manifest.parent / image, report=text_or_none(record.get("report")),
-                      labels=parse_labels(record.get("labels")), metadata=record_metadata(record))
+                      labels=parse_labels(record.get("labels")), metadata={**record_metadata(record), "row": number})
