@@ -48,12 +48,12 @@ from trainer.errors import DataError
 from trainer.evaluate import distance_histograms, hamming_distances, pack_signs, per_query_ap
 from trainer.experiment import Variant, machine_info, per_class_ap, samples_hash
 from trainer.models.registry import get_method
+from trainer.models.views import LEAK_OPTION  # TriPAH / PromptHash option: image codes see the paired report
 
 Progress = Callable[[dict[str, Any]], None]
 PHASES = ("select", "final", "probe", "leak")
 DIRECTIONS = ("i2t", "t2i")
 RECALL_K = (1, 5, 10)
-LEAK_OPTION = "leak_paired_report"  # TriPAH / PromptHash option: image codes see the paired report
 
 
 @dataclass
