@@ -47,9 +47,11 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._build_menus()
         self.state.changed.connect(self._update_status)
+        self.state.changed.connect(self._remember_library)
         self.state.failed.connect(self._on_open_failed)
         self.search_tab.statusMessage.connect(self.search_time.setText)
         self.resize(1440, 900)
+        self._shut_down = False
         self._restore()
 
     # -- chrome -------------------------------------------------------------------------------
@@ -149,7 +151,8 @@ class MainWindow(QMainWindow):
     def save_settings(self) -> None:
         self.settings.set_geometry(self.saveGeometry())
         self.settings.set_window_state(self.saveState())
-        self.settings.set_last_library(self.state.info.library_dir)
+        if self.state.info.library_dir is not None:  # closing a library must not forget it
+            self.settings.set_last_library(self.state.info.library_dir)
         self.trainer_tab.save_settings()
         self.settings.sync()
 
@@ -164,7 +167,11 @@ class MainWindow(QMainWindow):
         event.accept()
 
     def shutdown(self) -> None:
-        """Stop background work and remember the window; safe to call twice."""
+        """Stop background work and remember the window. Runs once: the close event and the
+        application's aboutToQuit both call it, and the second call would find the library closed."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         self.save_settings()
         self.trainer_tab.stop_training()
         self.runner.cancel_all()
@@ -175,6 +182,11 @@ class MainWindow(QMainWindow):
     # -- library and status -------------------------------------------------------------------
     def open_library(self, path: Path, create: bool = False) -> None:
         self.state.open(path, create)
+
+    def _remember_library(self) -> None:
+        """The library that opened is the one the next start reopens (kept even if quitting fails)."""
+        if self.state.info.library_dir is not None:
+            self.settings.set_last_library(self.state.info.library_dir)
 
     def _update_status(self) -> None:
         info = self.state.info
