@@ -98,6 +98,7 @@ class CaseView(QWidget):
         self.runner = runner
         self._image_path = image_path
         self.hit: Hit | None = None
+        self.query_kind: str | None = None  # "image" or "text": the query on the left
         self._job: JobHandle | None = None
         self.query_pane = SidePane("Query", self)
         self.case_pane = SidePane("Case", self)
@@ -110,15 +111,19 @@ class CaseView(QWidget):
         layout.addWidget(self.message)
         layout.addWidget(split, 1)
 
-    def set_query(self, image: Any, presets: dict | None, text: str, findings: list[str], caption: str) -> None:
+    def set_query(self, image: Any, presets: dict | None, text: str, findings: list[str], caption: str,
+                  kind: str | None = None) -> None:
+        """The query the hits answer: `kind` "image" (its decoded image, None while it loads) or "text"."""
+        kind = kind or ("image" if image is not None else "text")
         if image is not None:
             self.query_pane.show_image(image, presets, caption)
         else:
-            self.query_pane.show_text_only("Report query")
-        if image is not None and not text:
+            self.query_pane.show_text_only("Report query" if kind == "text" else "Loading the query image…")
+        if kind == "image":
             text = ("Image query: the image's own code was compared with the library; "
                     "there is no report to show for it.")
         self.query_pane.report.setHtml(report_html("Query", caption, findings, text, findings))
+        self.query_kind = kind
 
     def load_hit(self, hit: Hit) -> None:
         self.hit = hit

@@ -130,11 +130,24 @@ class QueryPanel(QWidget):
     def mode(self) -> str:
         return self._mode
 
-    def set_mode(self, mode: str) -> None:
-        self._mode = mode
+    def set_mode(self, mode: str, rerun: bool = True) -> None:
+        """Make the image or the typed report the query. A real change emits `modeChanged`, then
+        (with `rerun`, as when a mode button is clicked) asks to search with that query when there is one."""
         (self.image_button if mode == "image" else self.text_button).setChecked(True)
+        if mode == self._mode:
+            return
+        self._mode = mode
         self.viewer_panel.setEnabled(mode == "image")
         self.modeChanged.emit(mode)
+        if rerun and self.has_query():
+            self.searchRequested.emit()
+
+    def describe(self) -> str:
+        """The current query in a few words, for the line above its results."""
+        if self._mode == "image":
+            return f"Image query {self.image_path.name}" if self.image_path else "Image query"
+        text = " ".join(self.text().split())
+        return f"Report query “{text[:40]}{'…' if len(text) > 40 else ''}”" if text else "Report query"
 
     def text(self) -> str:
         return self.report_edit.toPlainText().strip()
@@ -160,9 +173,10 @@ class QueryPanel(QWidget):
         same time on another thread (the search decodes it itself, so neither waits for the other)."""
         if self._load_job is not None:
             self._load_job.cancel()
-        self.image, self.image_path = None, path
+        self.image, self.image_path = None, None
+        self.set_mode("image", rerun=False)  # the search below is for the new file
+        self.image_path = path
         self.viewer_panel.clear(f"Opening {path.name}…")
-        self.set_mode("image")
         job = self.runner.start("load query", lambda _p, _c: load_for_viewer(path))
         job.succeeded.connect(lambda value, p=path: self._on_loaded(p, value))
         job.failed.connect(lambda exc, p=path: self._on_load_failed(p, exc))
@@ -195,4 +209,4 @@ class QueryPanel(QWidget):
 
     def _on_text_changed(self) -> None:
         if self.report_edit.hasFocus() and self._mode != "text":
-            self.set_mode("text")
+            self.set_mode("text", rerun=False)  # typing: the search waits for Ctrl+Enter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,21 @@ if TYPE_CHECKING:
     from medhash_app.core.search.types import Hit, SearchQuery, SearchResult
 
 
+@dataclass(frozen=True)
+class ShownQuery:
+    """The query a result list belongs to (the panel may have moved on since it was run)."""
+
+    mode: str  # "image" or "text"
+    image_path: Path | None
+    text: str
+    description: str  # "Image query cxr_001.dcm" / "Report query “…”"
+    target: str  # what it searched: "reports", "images" or "both"
+
+    def same_query(self, other: ShownQuery | None) -> bool:
+        return other is not None and (self.mode, self.image_path, self.text) == (other.mode, other.image_path,
+                                                                                 other.text)
+
+
 class SearchTab(QWidget):
     """Runs one search at a time: a new request cancels the one in flight (its result is dropped)."""
 
@@ -41,6 +57,7 @@ class SearchTab(QWidget):
         self.runner = runner
         self.settings = settings
         self.result: SearchResult | None = None
+        self.result_query: ShownQuery | None = None  # the query `result` answers
         self._job: JobHandle | None = None
         self._started = 0.0
         self.case_dialog: CaseDialog | None = None
@@ -64,7 +81,7 @@ class SearchTab(QWidget):
         self.pdf_button.clicked.connect(self.choose_summary)
         self._layout()
         self._connect()
-        self.filters.set_target(settings.search_target())
+        self.filters.set_target(settings.search_target(self.query.mode))
         self.filters.k.setValue(settings.page_size())
         self.set_view_mode(settings.results_view())
         self._update_enabled()
@@ -94,6 +111,7 @@ class SearchTab(QWidget):
 
     def _connect(self) -> None:
         self.query.searchRequested.connect(self.search)
+        self.query.modeChanged.connect(self._on_mode_changed)
         self.query.problem.connect(self.message.show_error)
         self.filters.changed.connect(self._on_filters_changed)
         self.filters.viewModeChanged.connect(self.set_view_mode)
@@ -144,6 +162,11 @@ class SearchTab(QWidget):
         base.filters = self.filters.filters()
         return base
 
+    def shown_query(self, query: SearchQuery) -> ShownQuery:
+        mode = self.query.mode
+        return ShownQuery(mode, self.query.image_path if mode == "image" else None,
+                          self.query.text() if mode == "text" else "", self.query.describe(), str(query.target))
+
     def search(self) -> JobHandle | None:
         """Start a search with the current query and choices; cancels the one still running."""
         session = self.state.session
@@ -157,25 +180,37 @@ class SearchTab(QWidget):
             return None
         if self._job is not None:
             self._job.cancel()
-        self.settings.set_search_target(query.target)
+        shown = self.shown_query(query)
+        if not shown.same_query(self.result_query):  # a list never stands beside another query
+            self.clear_results()
+        self.settings.set_search_target(query.target, shown.mode)
         self.settings.set_page_size(query.k)
         self.message.hide()
-        self.summary.setText("Searching…")
+        self.summary.setText(f"{shown.description}: searching…")
         self._started = time.perf_counter()
         job = self.runner.start("search", lambda _p, _c: session.search(query))
-        job.succeeded.connect(self._on_result)
-        job.failed.connect(self._on_failed)
+        job.succeeded.connect(lambda result, shown=shown: self._on_result(result, shown))
+        job.failed.connect(lambda exc, shown=shown: self._on_failed(exc, shown))
         self._job = job
         return job
 
-    def _on_result(self, result: SearchResult) -> None:
-        self.result = result
+    def clear_results(self, summary: str | None = None) -> None:
+        """Empty the list (and what exports it) so no result stands beside a query it does not answer."""
+        self.result, self.result_query = None, None
+        self.model.set_result(None)
+        self.query.set_query_findings([])
+        if summary is not None:
+            self.summary.setText(summary)
+        self._update_enabled()
+
+    def _on_result(self, result: SearchResult, shown: ShownQuery) -> None:
+        self.result, self.result_query = result, shown
         self.model.set_result(result)
         self.query.set_query_findings(result.query_findings)
         elapsed = (time.perf_counter() - self._started) * 1000
-        what = "reports" if self.filters.target_value() == "reports" else "cases"
+        what = {"reports": "reports", "images": "images"}.get(shown.target, "cases")
         self.summary.setText(
-            f"{len(result.hits)} {what} · {result.bits}-bit codes · {elapsed:.0f} ms "
+            f"{shown.description}: {len(result.hits)} {what} · {result.bits}-bit codes · {elapsed:.0f} ms "
             f"(encode {result.encode_ms:.0f} ms, search {result.search_ms:.0f} ms)"
             + (" · filtered" if self.filters.is_filtering() else ""))
         if not result.hits:
@@ -184,10 +219,23 @@ class SearchTab(QWidget):
         self.statusMessage.emit(f"Search took {elapsed:.0f} ms on {result.device}")
         self.searchFinished.emit(result, elapsed)
 
-    def _on_failed(self, exc: BaseException) -> None:
-        self.summary.setText("Search failed.")
+    def _on_failed(self, exc: BaseException, shown: ShownQuery) -> None:
+        self.clear_results(f"{shown.description}: search failed.")
         self.message.show_error(exc)
         self.searchFailed.emit(exc)
+
+    def _on_mode_changed(self, mode: str) -> None:
+        """Image query <-> Report query: each kind finds its own default target, and the list of the
+        other query goes (the panel re-runs the search when the new mode already has a query)."""
+        self.filters.target.blockSignals(True)  # not a filter change: no debounced re-search
+        self.filters.set_target(self.settings.search_target(mode))
+        self.filters.target.blockSignals(False)
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+        self.clear_results(f"{self.query.describe()}: " + (
+            "press Ctrl+Enter to search." if self.query.has_query() else
+            "drop or open an image." if mode == "image" else "type a report and press Ctrl+Enter."))
 
     def _on_filters_changed(self) -> None:
         self.settings.set_search_bits(self.filters.bits_value())
@@ -214,14 +262,16 @@ class SearchTab(QWidget):
         return self.case_dialog
 
     def _refresh_case_query(self) -> None:
-        """Show the current query on the case view's left side (again, once its image is decoded)."""
-        if self.case_dialog is None:
+        """Show the query the results answer on the case view's left side (again, once its image is
+        decoded): not whatever the query panel holds now."""
+        if self.case_dialog is None or self.result_query is None:
             return
-        qp = self.query
-        caption = qp.image_path.name if qp.mode == "image" and qp.image_path else "Report query"
-        self.case_dialog.view.set_query(qp.image if qp.mode == "image" else None,
-                                        qp.viewer_panel.viewer.presets, qp.text() if qp.mode == "text" else "",
-                                        self.result.query_findings if self.result else [], caption)
+        shown, qp = self.result_query, self.query
+        image = qp.image if shown.mode == "image" and qp.image_path == shown.image_path else None
+        caption = shown.image_path.name if shown.mode == "image" and shown.image_path else "Report query"
+        self.case_dialog.view.set_query(image, qp.viewer_panel.viewer.presets if image is not None else None,
+                                        shown.text, self.result.query_findings if self.result else [], caption,
+                                        kind=shown.mode)
 
     def choose_csv(self) -> None:
         if self.result is None:
@@ -252,8 +302,7 @@ class SearchTab(QWidget):
 
     # -- library ------------------------------------------------------------------------------
     def _on_session_changed(self) -> None:
-        self.model.set_result(None)
-        self.result = None
+        self.clear_results()
         session = self.state.session
         self._update_enabled()
         if session is None:

@@ -61,12 +61,17 @@ class AppSettings:
     def set_last_library(self, path: Path | None) -> None:
         self.qs.setValue("library/last", str(path) if path else "")
 
-    def search_target(self) -> str:
-        value = str(self.qs.value("search/target", "reports"))
-        return value if value in ("reports", "images", "both") else "reports"
+    def search_target(self, query_kind: str = "image") -> str:
+        """What a query of `query_kind` ("image" or "text") searches: the other modality unless the user
+        chose otherwise for that kind (cross-modal search is the product: a typed report finds images)."""
+        default = "images" if query_kind == "text" else "reports"
+        # earlier versions kept one key for both kinds (and saved "reports" for typed reports too)
+        fallback = self.qs.value("search/target", default) if query_kind == "image" else default
+        value = str(self.qs.value(f"search/target_{query_kind}", fallback))
+        return value if value in ("reports", "images", "both") else default
 
-    def set_search_target(self, target: str) -> None:
-        self.qs.setValue("search/target", target)
+    def set_search_target(self, target: str, query_kind: str = "image") -> None:
+        self.qs.setValue(f"search/target_{query_kind}", target)
 
     def search_bits(self) -> int | None:
         value = self.qs.value("search/bits", 0)
