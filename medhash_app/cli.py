@@ -72,6 +72,9 @@ def main_callback(ctx: typer.Context,
 def ingest_cmd(paths: Annotated[list[Path], typer.Argument(help="Files, folders, DICOMDIRs or manifests.")],
                library: LibraryOpt, as_json: JsonOpt = False,
                domain: Annotated[str | None, typer.Option(help="chest, fundus or other (default: detect).")] = None,
+               allow_outside: Annotated[list[Path] | None, typer.Option(
+                   "--allow-outside", help="Also read files under this folder when a manifest or DICOMDIR names "
+                   "them (default: only files inside the imported folder; repeatable).")] = None,
                ) -> None:
     """Add images (and their reports) to a library, creating it if needed; re-runs skip what is there."""
     from medhash_app.core.ingest.rows import DOMAINS
@@ -82,7 +85,7 @@ def ingest_cmd(paths: Annotated[list[Path], typer.Argument(help="Files, folders,
         with _session(library, create=True) as session, cancellable() as cancel, \
                 progress_bar("Ingest", not as_json) as update:
             update(0, None, "finding files…")
-            report = session.ingest(paths, domain=domain, cancel=cancel,
+            report = session.ingest(paths, domain=domain, cancel=cancel, allowed_roots=allow_outside or [],
                                     progress=lambda p: update(p.done, p.total, f"{p.files_per_s:.1f} files/s"))
     except MedHashError as exc:
         fail(exc, as_json)
@@ -93,6 +96,10 @@ def ingest_cmd(paths: Annotated[list[Path], typer.Argument(help="Files, folders,
         console.print(f"added {report.added}, skipped {report.skipped}, failed {len(report.failed)}")
         for path, reason in report.failed:
             console.print(f"  [red]failed[/] {path}: {reason}")
+        for notice in report.notices:
+            console.print(f"note: {notice}", markup=False, style="yellow")
+        if report.decoder_warnings:
+            console.print(f"{report.decoder_warnings} decoder warning(s) written to {report.log_file}", markup=False)
     if report.cancelled:
         raise typer.Exit(130)
 

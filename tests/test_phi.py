@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from medhash_app.core.ingest import ingest
 from medhash_app.core.library import Library
+from medhash_app.core.phi import identifying_column, redact
 
 # Values in headers and manifest columns: none may be stored anywhere.
 HEADER = {
@@ -61,7 +62,7 @@ def _dicom(path: Path, *, sop: str, broken: bool = False, warn: bool = False) ->
     pixels = np.random.default_rng(len(str(path))).integers(0, 4095, (16, 16), dtype=np.uint16).tobytes()
     ds.PixelData = pixels[:100] if broken else pixels
     if warn:
-        ds.add_new(0x00081155, "UI", WARNING_UID)  # Referenced SOP Instance UID, invalid on purpose
+        ds.SOPInstanceUID = WARNING_UID  # invalid on purpose: reading it makes pydicom warn, quoting it
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -148,3 +149,23 @@ def test_what_the_library_keeps_still_does_its_job(imported: tuple[Path, dict]) 
     for entry in report["failed"]:  # reasons speak about the file, never quote its header
         assert not any(marker.lower() in entry["reason"].lower() for marker in _values())
 
+
+
+@pytest.mark.parametrize("column", ["patient_name", "PatientName", "name", "dob", "DateOfBirth", "birth_date",
+                                    "mrn", "MRN", "accession", "AccessionNumber", "address", "home_phone", "email",
+                                    "surname", "study_uid", "SOPInstanceUID", "referring_physician", "ssn"])
+def test_identifying_columns(column: str) -> None:
+    assert identifying_column(column)
+
+
+@pytest.mark.parametrize("column", ["scanner", "file_label", "file_name", "patient_classes", "age", "sex", "eye",
+                                    "caption", "id", "case_id", "modality_detail", "fluid_level", "label_name"])
+def test_columns_that_are_kept(column: str) -> None:
+    assert not identifying_column(column)
+
+
+def test_redact_removes_values_decoders_quote() -> None:
+    text = redact("Invalid value for VR PN: 'Qz^Name'. Please see <https://dicom.nema.org/x#t> for allowed values "
+                  "for each VR. Also DOE^JOHN, 1.2.826.0.1.3680043.2 and \"QZSECRET\"")
+    assert "Qz" not in text and "DOE" not in text and "1.2.826" not in text and "QZSECRET" not in text
+    assert text.startswith("Invalid value for VR PN") and "http" not in text

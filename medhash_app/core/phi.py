@@ -61,7 +61,10 @@ def identifying_columns(columns: Iterable[object]) -> list[str]:
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`")
 _URL = re.compile(r"\s*<?https?://\S+>?")
+_SEE_URL = re.compile(r"\s*Please see\s*<?https?://\S+>?[^.]*\.")  # pydicom's pointer to the standard
 _LONG_TOKEN = re.compile(r"\b[\w.^=-]{24,}\b")
+_PERSON_NAME = re.compile(r"[^\s'\"]*\^[^\s'\"]*")  # DICOM PN components are joined by ^
+_DOTTED_NUMBER = re.compile(r"\b\d+(?:\.\d+){3,}\b")  # a UID, however short
 
 
 def redact(text: object, limit: int = 240) -> str:
@@ -69,7 +72,10 @@ def redact(text: object, limit: int = 240) -> str:
     joined with ^) and URLs removed, one line, at most `limit` characters. Decoder messages quote the
     offending value ("Invalid value for VR UI: '1.2.3.X'"), which may be a name or an identifier."""
     line = " ".join(str(text).split())
+    line = _SEE_URL.sub("", line)
     line = _URL.sub("", line)
     line = _QUOTED.sub("'…'", line)
     line = _LONG_TOKEN.sub("…", line)
+    line = _PERSON_NAME.sub("…", line)
+    line = _DOTTED_NUMBER.sub("…", line)
     return line if len(line) <= limit else line[: limit - 1] + "…"

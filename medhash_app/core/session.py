@@ -52,8 +52,10 @@ class MedHashSession:
 
     # -- ingest / encode ------------------------------------------------------------------------
     def ingest(self, paths: Sequence[str | Path], *, progress: ProgressFn | None = None,
-               cancel: threading.Event | None = None, domain: str | None = None) -> IngestReport:
-        return ingest([Path(p) for p in paths], self.library, domain=domain, progress=progress, cancel=cancel)
+               cancel: threading.Event | None = None, domain: str | None = None,
+               allowed_roots: Sequence[str | Path] = ()) -> IngestReport:
+        return ingest([Path(p) for p in paths], self.library, domain=domain, progress=progress, cancel=cancel,
+                      allowed_roots=allowed_roots)
 
     def encode_library(self, model_id: int | None = None, *, progress: ProgressFn | None = None,
                        cancel: threading.Event | None = None) -> int:

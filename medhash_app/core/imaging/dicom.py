@@ -7,12 +7,14 @@ before any decoding; then exactly one frame is decoded with `pydicom.pixels.pixe
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
 from pydicom.pixels.processing import apply_voi
 from pydicom.uid import (
@@ -55,7 +57,20 @@ def looks_like_dicom(path: str | Path) -> bool:
 
 def load_dicom(path: Path, *, frame: int | None, salt: bytes | str, max_pixels: int,
                key: bytes | None = None) -> LoadedImage:
-    """Decode one frame of a DICOM file into a LoadedImage (modality LUT applied, no VOI yet)."""
+    """Decode one frame of a DICOM file into a LoadedImage (modality LUT applied, no VOI yet).
+    Whatever fails is a MedHashError naming the file in plain words; the original exception is its
+    __cause__ (for the log, never for the user)."""
+    try:
+        return _load_dicom(path, frame=frame, salt=salt, max_pixels=max_pixels, key=key)
+    except (MedHashError, MemoryError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # a header value no code path expected (a fuzzed LUT...)
+        raise CorruptFileError(path, "the DICOM header holds values that cannot be interpreted (for example an "
+                                     "invalid lookup table or pixel description)") from exc
+
+
+def _load_dicom(path: Path, *, frame: int | None, salt: bytes | str, max_pixels: int,
+                key: bytes | None) -> LoadedImage:
     header = read_header(path)
     tsyntax = transfer_syntax(header)
     rows, cols, frames = geometry(header, path)
@@ -64,6 +79,9 @@ def load_dicom(path: Path, *, frame: int | None, salt: bytes | str, max_pixels: 
                                        f"{rows * cols * frames:,} pixels, over the limit of {max_pixels:,}")
     index = choose_frame(frame, frames, path)
     stored = decode_frame(path, header, tsyntax, None if frames == 1 else index)
+    if stored.ndim not in (2, 3) or stored.shape[:2] != (rows, cols):
+        raise CorruptFileError(path, "the decoded pixel data does not have the image size the header gives "
+                                     "(Rows, Columns, Samples per Pixel or Number of Frames is wrong)")
     facts = facts_from_dataset(header, salt=salt, transfer_syntax=tsyntax.name, frames=frames, key=key)
     common = {"path": path, "facts": facts, "frame_count": frames, "frame_index": index}
     if stored.ndim == 3 or facts.photometric == "PALETTE COLOR":
@@ -86,7 +104,7 @@ def read_header(path: Path) -> Dataset:
     except InvalidDicomError:
         pass  # no "DICM" preamble: maybe a bare data set
     except Exception as exc:  # pydicom raises many types for damaged headers
-        raise CorruptFileError(path, f"the DICOM header is damaged or truncated ({_short(exc)})") from exc
+        raise CorruptFileError(path, "the DICOM header is truncated or damaged, so the file cannot be read") from exc
     if not looks_like_dicom(path):
         raise CorruptFileError(path, "not a DICOM file: it has no 'DICM' header and its content does "
                                      "not parse as a DICOM data set")
@@ -111,8 +129,36 @@ def geometry(header: Dataset, path: Path) -> tuple[int, int, int]:
         return rows, cols, max(1, int_value(header, "NumberOfFrames") or 1)
     if not is_image_class(header):
         raise UnsupportedFileError(path, f"the DICOM file holds no image (it is a '{sop_class(header).name}')")
+    other = endianness_mismatch(path, header)
+    if other:
+        raise CorruptFileError(path, f"the file's transfer syntax ({transfer_syntax(header).name}) does not match "
+                                     f"its data, which is written {other}; the file was exported with the wrong "
+                                     "transfer syntax UID")
     raise CorruptFileError(path, "the DICOM file is truncated or damaged: the image size (Rows/Columns) "
                                  "is missing")
+
+
+def endianness_mismatch(path: Path, header: Dataset) -> str | None:
+    """"Little Endian" / "Big Endian" when the data set reads correctly (with Rows and Columns) only
+    in the byte order its Explicit VR transfer syntax does not say; else None. A Big Endian UID on
+    Little Endian data otherwise looks like a file without an image size."""
+    meta = getattr(header, "file_meta", None)
+    tsyntax = UID(meta.get("TransferSyntaxUID") or "") if meta else UID("")
+    if tsyntax not in (ExplicitVRBigEndian, ExplicitVRLittleEndian):
+        return None
+    try:
+        meta_length = int(meta.get("FileMetaInformationGroupLength") or 0)
+        with open_input(path) as handle:
+            if handle.read(132)[128:] != b"DICM" or not meta_length:
+                return None
+            handle.seek(132 + 12 + meta_length)  # (0002,0000) UL element: 12 bytes, then the meta group
+            flipped = not tsyntax.is_little_endian
+            other = read_dataset(handle, is_implicit_VR=False, is_little_endian=flipped, defer_size=4096,
+                                 stop_when=lambda tag, vr, length: tag >= 0x7FE00010)
+            rows, cols = int_value(other, "Rows"), int_value(other, "Columns")
+    except Exception:  # noqa: BLE001 - the other byte order does not parse either
+        return None
+    return ("Little Endian" if flipped else "Big Endian") if rows and cols and rows > 0 and cols > 0 else None
 
 
 def sop_class(header: Dataset) -> UID:
@@ -151,21 +197,32 @@ def decode_frame(path: Path, header: Dataset, tsyntax: UID, index: int | None) -
     except AttributeError as exc:
         if "Pixel Data" in str(exc) and not is_image_class(header):
             raise UnsupportedFileError(path, "the DICOM file holds no image (no Pixel Data element)") from exc
-        raise CorruptFileError(path, f"the image data is missing or incomplete ({_short(exc)})") from exc
+        raise CorruptFileError(path, "the image data is missing or incomplete") from exc
     except RuntimeError as exc:
         reasons = _plugin_reasons(exc)
         if reasons and all(_NOT_SUPPORTED.search(reason) for reason in reasons):
             raise UnsupportedFileError(path, f"the installed decoders cannot read this {tsyntax.name} "
                                              f"image ({reasons[0]}); see docs/codecs.md") from exc
         raise CorruptFileError(path, f"the {tsyntax.name} pixel data is damaged and could not be "
-                                     f"decoded ({reasons[0] if reasons else _short(exc)})") from exc
+                                     "decoded") from exc
     except Exception as exc:  # ValueError/EOFError/struct.error for short data
-        raise CorruptFileError(path, f"the pixel data is truncated or damaged ({_short(exc)})") from exc
+        raise CorruptFileError(path, pixel_problem(exc)) from exc
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # a native decoder's panic (pyo3's PanicException) is no Exception
-        raise CorruptFileError(path, f"the {tsyntax.name} pixel data is damaged: the decoder crashed on it "
-                                     f"({type(exc).__name__}: {_short(exc)})") from exc
+        raise CorruptFileError(path, f"the {tsyntax.name} pixel data is damaged: the decoder crashed "
+                                     "on it") from exc
+
+
+_SIZE_WORDS = re.compile(r"reshape|buffer|length|size|too short|truncat|enough|end of|unpack", re.IGNORECASE)
+
+
+def pixel_problem(exc: BaseException) -> str:
+    """A plain sentence for a pixel-data failure (the exception's own text goes to the log only)."""
+    if isinstance(exc, EOFError | struct.error) or _SIZE_WORDS.search(str(exc)):
+        return ("the pixel data is truncated or damaged: its length does not match the image size in the "
+                "header (Rows, Columns, Bits Allocated, Samples per Pixel)")
+    return "the pixel data is truncated or damaged and could not be decoded"
 
 
 def check_decoder(path: Path, tsyntax: UID) -> None:
@@ -212,7 +269,7 @@ def color_pixels(stored: np.ndarray, header: Dataset, path: Path) -> np.ndarray:
         try:
             rgb = apply_color_lut(stored, header)
         except Exception as exc:  # missing/invalid palette descriptors
-            raise CorruptFileError(path, f"the colour palette is missing or invalid ({_short(exc)})") from exc
+            raise CorruptFileError(path, "the colour palette is missing or invalid") from exc
     if rgb.ndim != 3 or rgb.shape[-1] not in (3, 4):
         raise UnsupportedFileError(path, f"colour images with shape {rgb.shape} are not supported")
     rgb = rgb[..., :3]

@@ -7,6 +7,7 @@ is applied so a phone photo of a fundus is upright.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,22 @@ def load_raster(path: Path, *, frame: int | None, max_pixels: int) -> LoadedImag
     except MedHashError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(path, f"the image is too large to decode safely ({exc})") from exc
+        raise ImageTooLargeError(path, "the image is too large to decode safely") from exc
     except UnidentifiedImageError as exc:
         raise CorruptFileError(path, f"not a readable {_kind(path)} image: its content is not "
                                      "PNG, JPEG or TIFF data") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise CorruptFileError(path, f"the {_kind(path)} image data is truncated or damaged ({exc})") from exc
-    pixels, is_color, window, bits = to_pixels(image)
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise CorruptFileError(path, f"the {_kind(path)} image data is truncated or damaged") from exc
+    except (MemoryError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # a Pillow plugin's own bug on a hostile file
+        raise CorruptFileError(path, f"the {_kind(path)} image could not be decoded (its content is "
+                                     "damaged or uses a feature that is not supported)") from exc
+    try:
+        pixels, is_color, window, bits = to_pixels(image)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CorruptFileError(path, f"the {_kind(path)} image's pixel format ({image.mode}) cannot be "
+                                     "converted") from exc
     facts = HeaderFacts(photometric="RGB" if is_color else "MONOCHROME2", rows=pixels.shape[0],
                         cols=pixels.shape[1], bits_stored=bits, frames=frames, file_format=file_format)
     return LoadedImage(path=path, pixels=pixels, is_color=is_color, invert=False, default_window=window,

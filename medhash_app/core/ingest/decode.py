@@ -3,9 +3,14 @@ in a pool of worker processes. A worker process also contains a decoder that cra
 
 from __future__ import annotations
 
+import ctypes
 import io
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -18,6 +23,7 @@ import numpy as np
 
 from medhash_app.core.errors import MedHashError
 from medhash_app.core.imaging import load_image, model_image, thumbnail_jpeg
+from medhash_app.core.ingest.ingest_log import captured_warnings, failure_detail
 from medhash_app.core.library import atomic_write, input_rel_path, thumb_rel_path
 
 MODEL_SIZE, THUMB_SIZE = 256, 160
@@ -45,23 +51,36 @@ class DecodeResult:
     looks_grey: bool = False
     reason: str | None = None
     library_problem: str | None = None
+    detail: str | None = None  # the exception behind `reason`, redacted: for logs/ingest.log only
+    warnings: list[str] = field(default_factory=list)  # redacted decoder warnings, for the log
+
+
+UNEXPECTED = ("the image could not be decoded: the decoder failed in an unexpected way (the details are in "
+              "the library's logs/ingest.log)")
 
 
 def decode_job(job: DecodeJob) -> DecodeResult:
-    """Decode one file and store its model input PNG and thumbnail JPEG in the library."""
+    """Decode one file and store its model input PNG and thumbnail JPEG in the library. The
+    decoders' warnings come back in `warnings` (for logs/ingest.log) instead of reaching stderr."""
+    with captured_warnings() as lines:
+        result = _decode_job(job)
+    result.warnings = lines
+    return result
+
+
+def _decode_job(job: DecodeJob) -> DecodeResult:
     try:
         image = load_image(job.path, frame=job.frame, salt=job.salt, key=job.key)
         model = model_image(image, MODEL_SIZE)
         thumb = thumbnail_jpeg(image, THUMB_SIZE)
     except MedHashError as exc:
-        return DecodeResult(job.case_id, reason=exc.reason)
+        return DecodeResult(job.case_id, reason=exc.reason, detail=failure_detail(exc))
     except MemoryError:
-        return DecodeResult(job.case_id, reason="not enough memory to decode this image")
+        return DecodeResult(job.case_id, reason="there was not enough memory to decode this image")
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - a decoder bug, even a native panic, fails one file
-        return DecodeResult(job.case_id, reason=f"the image could not be decoded ({type(exc).__name__}: "
-                                                f"{_short(exc)})")
+        return DecodeResult(job.case_id, reason=UNEXPECTED, detail=failure_detail(exc))
     png = io.BytesIO()
     model.save(png, format="PNG", compress_level=PNG_LEVEL)
     try:
@@ -74,10 +93,33 @@ def decode_job(job: DecodeJob) -> DecodeResult:
     return DecodeResult(job.case_id, facts=image.facts.to_dict(), looks_grey=grey)
 
 
-def _short(exc: BaseException, limit: int = 200) -> str:
-    """One line of at most `limit` characters (a worker's message must stay readable and picklable)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+_PR_SET_PDEATHSIG = 1
+PARENT_POLL_S = 1.0
+
+
+def worker_init(parent_pid: int) -> None:
+    """In each decode worker: exit when the process that started it dies.
+
+    A killed ingest (kill -9, an out-of-memory kill, a crashed app) left its workers waiting forever
+    on the task queue, each holding a decoder's memory. On Linux the kernel sends SIGKILL when the
+    parent goes (prctl PR_SET_PDEATHSIG; it fires on the exit of the thread that started the worker,
+    which is the thread running the ingest, alive as long as the pool is); everywhere a daemon thread
+    also polls os.getppid(), which changes when the parent is gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl here: the polling below still applies
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="medhash-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent_pid:
+            os._exit(1)
 
 
 class Decoder:
@@ -115,16 +157,16 @@ class Decoder:
             return self._executor().submit(decode_job, job).result()
         except BrokenProcessPool:
             self._restart()
-            return DecodeResult(job.case_id, reason="the decoder crashed on this file")
+            return DecodeResult(job.case_id, reason="the decoder crashed on this file (its worker process died)")
         except Exception as exc:  # noqa: BLE001 - whatever came back, it is this file's failure
-            return DecodeResult(job.case_id, reason=f"the decoder failed on this file ({type(exc).__name__}: "
-                                                    f"{_short(exc)})")
+            return DecodeResult(job.case_id, reason=UNEXPECTED, detail=failure_detail(exc))
 
     def _executor(self) -> Executor:
         if self._pool is None:
             # spawn, not fork: forking a process that runs Qt or other threads can deadlock.
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=worker_init,
+                                             initargs=(os.getpid(),))
         return self._pool
 
     def _restart(self) -> None:

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from medhash_app.core.errors import DatasetLayoutError, LibraryError, MedHashError
 from medhash_app.core.ingest.decode import DecodeJob, Decoder, DecodeResult
+from medhash_app.core.ingest.ingest_log import IngestLog, captured_warnings
 from medhash_app.core.ingest.items import IngestItem, IngestProgress, IngestReport
 from medhash_app.core.ingest.rows import DOMAINS, build_row, clean_report
 from medhash_app.core.ingest.sources import iter_items
@@ -140,8 +141,10 @@ class _Run:
     outcome: dict[str, str | None] = field(default_factory=dict)  # case id -> None ok | failure reason
     logs: list[dict[str, object]] = field(default_factory=list)
     pseudonyms: Pseudonymizer | None = None
+    log_file: IngestLog | None = None
 
     def __post_init__(self) -> None:
+        self.log_file = IngestLog(self.library.folder, self.report.batch_id)
         self.pseudonyms = self.library.pseudonyms
         notice = self.library.claim_key()
         if notice:
@@ -194,6 +197,9 @@ class _Run:
     def _row(self, item: IngestItem, result: DecodeResult, repair: bool) -> dict[str, object] | None:
         if result.library_problem:
             raise LibraryError(self.library.folder, result.library_problem)
+        self.log_file.write(result.case_id, "warning", result.warnings)
+        if result.detail:
+            self.log_file.write(result.case_id, "failed", [f"{result.reason} [{result.detail}]"])
         if result.reason:
             self.outcome[result.case_id] = result.reason
             self.log(item, result.case_id, "error", result.reason)
@@ -221,13 +227,15 @@ def ingest(paths: Sequence[str | Path], library: Library, *, domain: str | None 
         raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
     if library.read_only:
         raise LibraryError(library.folder, "the library is open read-only; open it for writing to ingest")
-    items = collect_items(paths, allowed_roots)
+    with captured_warnings() as finding:  # sniffing files for DICOM content warns too
+        items = collect_items(paths, allowed_roots)
     report = IngestReport(batch_id=uuid.uuid4().hex, total=len(items))
     withheld = sorted({str(c) for item in items for c in item.metadata.get("withheld") or ()})
     if withheld:
         report.notices.append(f"not stored because they identify patients: the column(s) {', '.join(withheld)} "
                               "(a patient id or MRN only becomes the keyed patient key)")
     run, throttle = _Run(library, domain, report), _Throttle(progress)
+    run.log_file.write(None, "warning", finding)
     sweep_temp_files(library.folder)
     with Decoder(workers) as decoder, ThreadPoolExecutor(_HASH_THREADS) as hasher:
         for start in range(0, len(items), max(1, batch_size)):
@@ -236,5 +244,7 @@ def ingest(paths: Sequence[str | Path], library: Library, *, domain: str | None 
                 break
             run.batch(items[start:start + batch_size], decoder, hasher)
             throttle.emit(report)
+    report.decoder_warnings = run.log_file.warnings
+    report.log_file = str(run.log_file.path) if run.log_file.path.exists() else None
     throttle.emit(report, force=True)
     return report
