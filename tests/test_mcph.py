@@ -55,9 +55,11 @@ def test_registered_with_paper_defaults() -> None:
     model = _model()
     assert model.use == {"vpl": True, "tpl": True, "nrcl": True, "lta": True}  # full MCPH unless switched off
     assert float(model.temperature().detach()) == pytest.approx(0.07)
-    assert float(model.fusion_weight().detach()) == pytest.approx(0.99)
+    assert model.fusion_weight() == pytest.approx(0.99)  # fixed (B is detached: nothing would learn it)
     with pytest.raises(MedHashError, match="unknown MCPH option"):
         build_model(_cfg(typo_option=1))
+    with pytest.raises(MedHashError, match="fusion_lambda"):
+        build_model(_cfg(lambda_init=0.9))  # the old name of the option says where it went
 
 
 def test_prompt_layers_follow_k_of_n() -> None:
@@ -222,6 +224,87 @@ def test_relative_match_scores_flag_swapped_pairs() -> None:
     scores = relative_match_scores(img, txt, block=4)
     assert scores.shape == (6,)
     assert scores[:2].max() < 0 < scores[2:].min()
+
+
+# ---- codes and hashing losses (Eqs. 6-7), against values worked out by hand ------------------------------
+def _softplus(x: float) -> float:
+    return math.log(1.0 + math.exp(x))
+
+
+def test_mean_code_and_fused_code_by_hand() -> None:
+    h, f = torch.tensor([[1.0, -0.5]]), torch.tensor([[0.5, 0.5]])
+    torch.testing.assert_close(losses.mean_code(h, f), torch.tensor([[0.75, 0.0]]))
+    h_img, f_img = torch.tensor([[0.2, -0.4, 0.0]]), torch.tensor([[-1.0, 1.0, 0.0]])
+    h_txt, f_txt = torch.tensor([[0.1, 0.2, 0.0]]), torch.tensor([[-1.0, 1.0, 0.0]])
+    # lambda = 0.99: 0.99 * (0.3, -0.2, 0) + 0.01 * (-2, 2, 0) = (0.277, -0.178, 0) -> (+1, -1, +1 for 0)
+    torch.testing.assert_close(losses.fused_code(h_img, f_img, h_txt, f_txt, 0.99), torch.tensor([[1.0, -1.0, 1.0]]))
+    # lambda = 0.5: 0.5 * (0.3, -0.2, 0) + 0.5 * (-2, 2, 0) = (-0.85, 0.9, 0) -> (-1, +1, +1)
+    torch.testing.assert_close(losses.fused_code(h_img, f_img, h_txt, f_txt, 0.5), torch.tensor([[-1.0, 1.0, 1.0]]))
+
+
+def test_fused_quantization_by_hand() -> None:
+    c_img, c_txt = torch.tensor([[0.5, -0.5]], requires_grad=True), torch.tensor([[1.0, 0.0]])
+    target = torch.tensor([[1.0, -1.0]])
+    loss = losses.fused_quantization_loss(c_img, c_txt, target)
+    # image: (1 - 0.5)^2 + (-1 + 0.5)^2 = 0.5; report: 0 + 1 = 1; over N K = 2 elements: 1.5 / 2
+    assert float(loss.detach()) == pytest.approx(0.75)
+    loss.backward()  # d/dc = 2 (c - B) / (N K): (2 * -0.5 / 2, 2 * 0.5 / 2); the target gets none
+    torch.testing.assert_close(c_img.grad, torch.tensor([[-0.5, 0.5]]))
+
+
+def test_intra_modal_similarity_by_hand() -> None:
+    f_img = torch.tensor([[1.0, 1.0], [1.0, -1.0]])  # theta = 1/2 f f^T = [[1, 0], [0, 1]]
+    f_txt = torch.tensor([[2.0, 0.0], [0.0, 0.0]])  # theta = [[2, 0], [0, 0]]
+    s = torch.eye(2)
+    img = (2 * (_softplus(1.0) - 1.0) + 2 * math.log(2.0)) / 4
+    txt = ((_softplus(2.0) - 2.0) + 3 * math.log(2.0)) / 4
+    assert float(losses.intra_modal_similarity_loss(f_img, f_txt, s)) == pytest.approx(0.5 * (img + txt))
+    assert 0.5 * (img + txt) == pytest.approx(0.527398, abs=1e-6)
+
+
+def test_inter_modal_similarity_with_memory_by_hand() -> None:
+    h_img, h_txt = torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, -1.0]])
+    memory, s_mem = torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), torch.tensor([[1.0, 0.0]])
+    batch = math.log(2.0)  # theta = 1/2 (1 - 1) = 0, S = 1: log(1 + 1) - 0
+    img_mem = ((_softplus(1.0) - 1.0) + _softplus(-1.0)) / 2  # theta = (1, -1), S_m = (1, 0)
+    txt_mem = (math.log(2.0) + math.log(2.0)) / 2  # theta = (0, 0)
+    expected = batch + 0.5 * (img_mem + txt_mem)
+    assert expected == pytest.approx(1.196351, abs=1e-6)
+    got = losses.inter_modal_similarity_loss(h_img, h_txt, torch.ones(1, 1), memory, s_mem)
+    assert float(got) == pytest.approx(expected)
+    assert float(losses.inter_modal_similarity_loss(h_img, h_txt, torch.ones(1, 1))) == pytest.approx(batch)
+
+
+def test_codes_are_the_mean_of_global_and_local_and_heads_read_the_aligned_embedding(batch) -> None:
+    model = _model()
+    with torch.no_grad():
+        side = model._image_forward(batch.images, batch.extras["meta"])
+        torch.testing.assert_close(side.aligned, model.image_align(side.embedding))
+        for b in (16, 32):
+            torch.testing.assert_close(side.global_codes[b], model.image_hash(side.aligned)[b])
+            torch.testing.assert_close(side.codes[b], 0.5 * (side.global_codes[b] + side.local_codes[b]))
+            torch.testing.assert_close(model.encode_image(batch.images, meta=batch.extras["meta"])[b], side.codes[b])
+
+
+def test_each_hashing_term_reaches_its_branch(batch) -> None:
+    """inter acts on the global codes h, intra on the local codes f (the LTA gets the full intra
+    gradient, not (1 - lambda) of it), quantization on c = 1/2 (h + f), NRCL on the aligned embedding."""
+    model = _model().train()
+    torch.manual_seed(0)
+    terms = model.loss_terms(batch, TrainConfig(), epoch=1)
+    hash_w = model.image_hash.layers["32"].weight
+    lta_w = model.image_lta.hash.layers["32"].weight
+    align_w = model.image_align.net[-1].weight  # zero-initialised: the layer that gets a gradient first
+
+    def grad(name: str, p: torch.Tensor) -> float:
+        g = torch.autograd.grad(terms[name], p, retain_graph=True, allow_unused=True)[0]
+        return 0.0 if g is None else float(g.abs().sum())
+
+    assert grad("inter", hash_w) > 0 and grad("inter", lta_w) == 0
+    assert grad("intra", lta_w) > 0 and grad("intra", hash_w) == 0
+    assert grad("quantization", hash_w) > 0 and grad("quantization", lta_w) > 0
+    assert grad("nrcl", align_w) > 0 and grad("nrcl", hash_w) == 0
+    assert grad("inter", align_w) > 0  # the codes are computed from the aligned embedding
 
 
 # ---- training ----------------------------------------------------------------------------------------------

@@ -112,28 +112,51 @@ def info_nce_per_sample(a: Tensor, b: Tensor, temperature: Tensor) -> Tensor:
     return 0.5 * (F.cross_entropy(sim / tau, target) + F.cross_entropy(sim.T / tau, target))
 
 
-def fused_quantization_loss(h_img: Tensor, h_txt: Tensor) -> Tensor:
-    """L_quan = mean( ||b - u^v||^2 + ||b - u^t||^2 ) with b = sign(u^v + u^t)  (MCPH Eqs. 7-8).
+def mean_code(h: Tensor, f: Tensor) -> Tensor:
+    """A modality's code c = 1/2 (h + f): the equal-weight mean of its global and local codes (MCPH Eq. 6).
 
-    u^v = lambda h^v + (1 - lambda) f^v and u^t likewise are each modality's continuous code; b is
-    the fused training code of the pair (a constant here). Pulling both modalities to the same
-    binary code quantizes and aligns them at once (the unified-code term of DCMH, CVPR 2017).
+    sign(c) is what is stored and queried; c is what the quantization term pulls to the fused code.
     """
-    b = binary_sign(h_img.detach() + h_txt.detach())
-    return ((b - h_img).pow(2) + (b - h_txt).pow(2)).mean()
+    return 0.5 * (h + f)
 
 
-def intra_modal_similarity_loss(h_img: Tensor, h_txt: Tensor, similarity: Tensor) -> Tensor:
-    """L_intra = 1/2 [ NLL(u^v, u^v; S) + NLL(u^t, u^t; S) ]: label similarity kept inside each modality.
+def fused_code(h_img: Tensor, f_img: Tensor, h_txt: Tensor, f_txt: Tensor, lam: float = 0.99) -> Tensor:
+    """The fused training code of each pair, B = sign( lambda (h^v + h^t) + (1 - lambda) (f^v + f^t) )
+    (MCPH Eq. 6, as in MITH, ACM MM 2023, on which MCPH builds), detached.
 
-    NLL is `similarity_nll` (theta_ij = 1/2 u_i . u_j). MCPH Eq. 8 (intra-modal similarity preservation).
+    h are the global codes, f the local (token) codes of the image (v) and the report (t); sign(0) =
+    +1. It exists only inside the losses (quantization target, code memory): a stored code never
+    sees the other modality.
     """
-    return 0.5 * (similarity_nll(h_img, h_img, similarity) + similarity_nll(h_txt, h_txt, similarity))
+    x = lam * (h_img.detach() + h_txt.detach()) + (1.0 - lam) * (f_img.detach() + f_txt.detach())
+    return binary_sign(x)
+
+
+def fused_quantization_loss(c_img: Tensor, c_txt: Tensor, target: Tensor) -> Tensor:
+    """L_quan = 1/(N K) sum_i ( ||B_i - c^v_i||^2 + ||B_i - c^t_i||^2 )  (MCPH Eq. 6).
+
+    c = 1/2 (h + f) is each modality's code (`mean_code`), B the pair's fused training code
+    (`fused_code`, a constant here). Pulling both modalities of a pair to the same binary code
+    quantizes them and ties the image to its own report at once (the unified-code term of DCMH, CVPR
+    2017; MITH's quantization of 1/2 (H_g + H_l)).
+    """
+    b = target.detach().to(c_img.dtype)
+    return ((b - c_img).pow(2) + (b - c_txt).pow(2)).mean()
+
+
+def intra_modal_similarity_loss(f_img: Tensor, f_txt: Tensor, similarity: Tensor) -> Tensor:
+    """L_intra = 1/2 [ NLL(f^v, f^v; S) + NLL(f^t, f^t; S) ]: label similarity kept inside each modality,
+    on the LOCAL codes f (MCPH Eq. 7; MITH's intra-modal term on its token codes).
+
+    NLL is `similarity_nll` (theta_ij = 1/2 f_i . f_j, mean over all pairs, the diagonal included).
+    """
+    return 0.5 * (similarity_nll(f_img, f_img, similarity) + similarity_nll(f_txt, f_txt, similarity))
 
 
 def inter_modal_similarity_loss(h_img: Tensor, h_txt: Tensor, similarity: Tensor,
                                 memory_codes: Tensor | None = None, memory_similarity: Tensor | None = None) -> Tensor:
-    """L_inter = NLL(u^v, u^t; S) + 1/2 [ NLL(u^v, B; S_m) + NLL(u^t, B; S_m) ]  (MCPH Eq. 8, inter-modal).
+    """L_inter = NLL(h^v, h^t; S) + 1/2 [ NLL(h^v, B; S_m) + NLL(h^t, B; S_m) ]  (MCPH Eq. 7, inter-modal),
+    on the GLOBAL codes h (MITH's inter-modal term on its [CLS] codes).
 
     The first term compares image and text codes of the batch; the second compares them with the
     fused codes B of the whole training set (the code memory, as in DCMH), whose bits stand for

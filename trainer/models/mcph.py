@@ -7,11 +7,14 @@ every equation as implemented, every reading where the paper is ambiguous, and e
   context prompts for image layers j = k..n (a TokenTower on CNN towers).
 - TPL (Eq. 2): a down-ReLU-up textual adapter makes prompts for text layers k..n from the caption,
   and the global caption token rectifies the global text token.
-- NRCL (Eqs. 3-4): ResMLP-aligned global embeddings, symmetric InfoNCE with a learnable tau and,
-  with noise handling "adaptive_temperature", tau_i = tau + gamma * JSD(g^t_i || g^c_i).
-- LTA + fusion (Eqs. 5-8): local codes f from the top-m tokens, global codes h; each modality's
-  code u = lambda h + (1 - lambda) f; the fused training code b = sign(u^v + u^t) exists only
-  inside the losses (quantization, intra-/inter-modal similarity against a memory of B).
+- NRCL (Eqs. 3-4): ResMLP-aligned global embeddings z, symmetric InfoNCE with a learnable tau and,
+  with noise handling "adaptive_temperature", tau_i = tau + gamma * JSD(g^t_i || g^c_i). The
+  global hash heads read z, so the alignment reaches the codes.
+- LTA + codes (Eqs. 5-8): global codes h = tanh(W z), local codes f from the top-m tokens; each
+  modality's code c = 1/2 (h + f) (stored and queried); the fused training code
+  B = sign(lambda (h^v + h^t) + (1 - lambda) (f^v + f^t)) exists only inside the losses:
+  quantization of c^v and c^t to B, inter-modal similarity on h (and a memory of B), intra-modal
+  similarity on f.
 
 Honest retrieval: the image side sees the image and its own caption (a captions file entry, else
 the built-in captioner's sentence from the image), never the report; the text side sees the
@@ -78,7 +81,7 @@ MCPH_OPTIONS: dict[str, Any] = {
     "tau_min": 0.01,
     "tau_max": 1.0,
     "gamma": 200.0,  # adaptive temperature: tau_i = tau + gamma * JSD
-    "lambda_init": 0.99,  # learnable global/local fusion weight
+    "fusion_lambda": 0.99,  # weight of the global codes in the fused training code B (Eq. 6)
     "top_m": 8,  # local token aggregation: tokens kept
     "lta_depth": 2,
     "lta_dim": 256,
@@ -104,17 +107,33 @@ MCPH_ALL_WEIGHTS = {**DEFAULT_LOSS_WEIGHTS, **MCPH_LOSS_WEIGHTS}
 def mcph_options(cfg: ModelConfig) -> dict[str, Any]:
     """MCPH_OPTIONS overridden by cfg.options; unknown keys are an error (they are usually typos)."""
     unknown = sorted(set(cfg.options) - set(MCPH_OPTIONS))
+    if "lambda_init" in unknown:
+        raise MedHashError("model config", "MCPH option 'lambda_init' is now 'fusion_lambda': lambda is the fixed "
+                           "weight of the global codes in the fused training code (docs/methods.md, MCPH)")
     if unknown:
         raise MedHashError("model config", f"unknown MCPH option(s): {', '.join(unknown)}")
-    return {**MCPH_OPTIONS, **cfg.options}
+    opts = {**MCPH_OPTIONS, **cfg.options}
+    if not 0.0 <= float(opts["fusion_lambda"]) <= 1.0:
+        raise MedHashError("model config", f"MCPH option fusion_lambda must be in [0, 1], not {opts['fusion_lambda']!r}")
+    return opts
 
 
 @dataclass
 class _Side:
-    """One modality's forward: embedding e (before alignment) and continuous codes u per length."""
+    """One modality's forward: embedding e (before alignment), aligned embedding z (= e without
+    NRCL; the global hash heads read it), global codes h and local codes f (None without LTA)."""
 
     embedding: Tensor
-    codes: dict[int, Tensor]
+    aligned: Tensor
+    global_codes: dict[int, Tensor]
+    local_codes: dict[int, Tensor] | None
+
+    @property
+    def codes(self) -> dict[int, Tensor]:
+        """The modality's continuous code c = 1/2 (h + f) per length (h without LTA): sign(c) is stored/queried."""
+        if self.local_codes is None:
+            return self.global_codes
+        return {b: losses.mean_code(h, self.local_codes[b]) for b, h in self.global_codes.items()}
 
 
 @register_method("mcph")
@@ -211,7 +230,6 @@ class MCPH(BaseHashing):
                                                o["lta_heads"])
         self.text_lta = LocalTokenAggregation(bb.text_token_dim, o["lta_dim"], self.bits, o["top_m"], o["lta_depth"],
                                               o["lta_heads"])
-        self.fusion_lambda = nn.Parameter(torch.tensor(float(o["lambda_init"])))
 
     # ---- captions -------------------------------------------------------------------------------------
     def _image_captions(self, pooled: Tensor, given: list[str | None]) -> list[str | None]:
@@ -271,8 +289,7 @@ class MCPH(BaseHashing):
                 tokens = image_suffix(bb, pre, self.v_start, prompts)
                 g = bb.image_pool(tokens)
             mask = None
-        e = self.image_proj(g)
-        return _Side(e, self._codes(self.image_hash(e), self.image_lta, tokens, mask))
+        return self._side(self.image_proj(g), self.image_align, self.image_hash, self.image_lta, tokens, mask)
 
     def _image_forward(self, images: Tensor, meta: Sequence[dict | None] | None, stem: Tensor | None = None) -> _Side:
         pre = self._image_pre(images, stem)
@@ -318,25 +335,19 @@ class MCPH(BaseHashing):
             tokens, mask = gather_chunk_tokens(tokens, windows["attention_mask"].bool(), owner, n)
         if self.rectifier is not None and caption is not None and present is not None:
             g = g + self.rectifier(caption.global_feature) * present.to(g.dtype).unsqueeze(-1)
-        e = self.text_proj(g)
-        return _Side(e, self._codes(self.text_hash(e), self.text_lta, tokens, mask))
+        return self._side(self.text_proj(g), self.text_align, self.text_hash, self.text_lta, tokens, mask)
 
-    # ---- fusion of global and local codes -----------------------------------------------------------------
-    def fusion_weight(self) -> Tensor | None:
-        """lambda in [0, 1] (None without LTA)."""
-        return self.fusion_lambda.clamp(0.0, 1.0) if self.use["lta"] else None
+    # ---- global and local codes ---------------------------------------------------------------------------
+    def fusion_weight(self) -> float | None:
+        """lambda, the weight of the global codes in the fused training code B (None without LTA)."""
+        return float(self.opts["fusion_lambda"]) if self.use["lta"] else None
 
-    def _codes(self, h: dict[int, Tensor], lta: LocalTokenAggregation | None, tokens: Tensor,
-               mask: Tensor | None) -> dict[int, Tensor]:
-        """u = lambda h + (1 - lambda) f per code length (h itself without LTA)."""
-        if lta is None:
-            return h
-        f = lta(tokens, mask)
-        lam = self.fusion_weight()
-        return {b: lam * h[b] + (1.0 - lam) * f[b] for b in self.bits}
-
-    def _aligned(self, side: _Side, align: ResMLP | None) -> Tensor:
-        return align(side.embedding) if align is not None else side.embedding
+    @staticmethod
+    def _side(e: Tensor, align: ResMLP | None, hash_heads: nn.Module, lta: LocalTokenAggregation | None,
+              tokens: Tensor, mask: Tensor | None) -> _Side:
+        """e -> z = ResMLP(e) (NRCL on; else z = e) -> h = tanh(W z); f = LTA(tokens) with LTA on."""
+        z = align(e) if align is not None else e
+        return _Side(e, z, hash_heads(z), lta(tokens, mask) if lta is not None else None)
 
     # ---- public interface (one modality each, per sample) -------------------------------------------------
     def image_features(self, images: Tensor, meta: Sequence[dict | None] | None = None, *,
@@ -348,7 +359,8 @@ class MCPH(BaseHashing):
 
     def encode_image(self, images: Tensor, meta: Sequence[dict | None] | None = None, *,
                      stem: Tensor | None = None) -> dict[int, Tensor]:
-        """Continuous image codes u^v in (-1, 1); `meta` may carry each image's own caption, never a report."""
+        """Continuous image codes c^v = 1/2 (h^v + f^v) in (-1, 1); `meta` may carry each image's own
+        caption, never a report."""
         return self._image_forward(images, meta, stem).codes
 
     def encode_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> dict[int, Tensor]:
@@ -356,10 +368,10 @@ class MCPH(BaseHashing):
 
     def embed_image(self, images: Tensor, meta: Sequence[dict | None] | None = None, *,
                     stem: Tensor | None = None) -> Tensor:
-        return F.normalize(self._aligned(self._image_forward(images, meta, stem), self.image_align), dim=-1)
+        return F.normalize(self._image_forward(images, meta, stem).aligned, dim=-1)
 
     def embed_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> Tensor:
-        return F.normalize(self._aligned(self._text_side(tokens, None, None, stem), self.text_align), dim=-1)
+        return F.normalize(self._text_side(tokens, None, None, stem).aligned, dim=-1)
 
     # ---- training -------------------------------------------------------------------------------------
     def param_groups(self, train_cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -441,7 +453,7 @@ class MCPH(BaseHashing):
                 return {}
             loss = self._per_bits(lambda b: losses.info_nce(gather(img.codes[b]), gather(txt.codes[b]), cfg.temperature))
             return {"contrastive": self._weight("contrastive") * loss}
-        z_img, z_txt = self.image_align(img.embedding), self.text_align(txt.embedding)
+        z_img, z_txt = img.aligned, txt.aligned  # what the global hash heads read
         tau = self.temperature()
         if adaptive and caption is not None:
             z_cap = self.text_align(self.text_proj(caption.global_feature))
@@ -451,7 +463,7 @@ class MCPH(BaseHashing):
     def _hashing_terms(self, img: _Side, txt: _Side, labels: Tensor, batch: Batch, epoch: int) -> dict[str, Tensor]:
         cfg, w, gather = self.cfg, method_loss_weights(self.cfg, MCPH_ALL_WEIGHTS), distributed.gather_with_grad
         s = losses.label_similarity(labels, labels)
-        u_img, u_txt = img.codes, txt.codes
+        u_img, u_txt = img.codes, txt.codes  # c = 1/2 (h + f) with LTA, h without
         g_img = {b: gather(u_img[b]) for b in self.bits}
         g_txt = {b: gather(u_txt[b]) for b in self.bits}
         terms: dict[str, Tensor] = {}
@@ -462,29 +474,35 @@ class MCPH(BaseHashing):
             if cfg.on("quantization"):
                 terms["quantization"] = w["quantization"] * self._per_bits(
                     lambda b: losses.quantization_loss(u_img[b]) + losses.quantization_loss(u_txt[b]))
-        else:
-            fused = {b: losses.binary_sign(g_img[b].detach() + g_txt[b].detach()) for b in self.bits}
+        else:  # Eqs. 6-7: quantization of c = 1/2 (h + f) to B, inter on h, intra on f
+            lam = self.fusion_weight()
+            gh_img = {b: gather(img.global_codes[b]) for b in self.bits}
+            gh_txt = {b: gather(txt.global_codes[b]) for b in self.bits}
+            gf_img = {b: gather(img.local_codes[b]) for b in self.bits}
+            gf_txt = {b: gather(txt.local_codes[b]) for b in self.bits}
+            fused = {b: losses.fused_code(gh_img[b], gf_img[b], gh_txt[b], gf_txt[b], lam) for b in self.bits}
             self.memory.update(distributed.all_gather(batch.index), fused, labels)
             if cfg.on("quantization"):
                 terms["quantization"] = self._weight("quantization") * self._per_bits(
-                    lambda b: losses.fused_quantization_loss(u_img[b], u_txt[b]))
+                    lambda b: losses.fused_quantization_loss(g_img[b], g_txt[b], fused[b]))
             if cfg.on("similarity"):
                 use_memory = epoch > self.opts["memory_warmup_epochs"]
                 terms["inter"] = self._weight("inter") * self._per_bits(
-                    lambda b: self._inter(g_img[b], g_txt[b], s, b, labels, use_memory))
+                    lambda b: self._inter(gh_img[b], gh_txt[b], s, b, labels, use_memory))
                 terms["intra"] = self._weight("intra") * self._per_bits(
-                    lambda b: losses.intra_modal_similarity_loss(g_img[b], g_txt[b], s))
+                    lambda b: losses.intra_modal_similarity_loss(gf_img[b], gf_txt[b], s))
         if cfg.on("bit_balance"):
             terms["bit_balance"] = w["bit_balance"] * self._per_bits(
                 lambda b: losses.bit_balance_loss(g_img[b]) + losses.bit_balance_loss(g_txt[b]))
         return terms
 
-    def _inter(self, u_img: Tensor, u_txt: Tensor, s: Tensor, bits: int, labels: Tensor, use_memory: bool) -> Tensor:
+    def _inter(self, h_img: Tensor, h_txt: Tensor, s: Tensor, bits: int, labels: Tensor, use_memory: bool) -> Tensor:
+        """L_inter on the global codes h, with the code memory of B after the warm-up."""
         if not use_memory:
-            return losses.inter_modal_similarity_loss(u_img, u_txt, s)
+            return losses.inter_modal_similarity_loss(h_img, h_txt, s)
         mem_codes, mem_labels = self.memory.view(bits)
         s_mem = losses.label_similarity(labels, mem_labels)
-        return losses.inter_modal_similarity_loss(u_img, u_txt, s, mem_codes.to(u_img.dtype), s_mem)
+        return losses.inter_modal_similarity_loss(h_img, h_txt, s, mem_codes.to(h_img.dtype), s_mem)
 
 
 # ---- data audit --------------------------------------------------------------------------------------------
