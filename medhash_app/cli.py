@@ -259,6 +259,34 @@ def eval_cmd(library: LibraryOpt, model: ModelOpt = None, device: DeviceOpt = "a
     emit_json(report) if as_json else _print_metrics(report)
 
 
+@app.command("export")
+def export_cmd(out: Annotated[Path, typer.Argument(help="A new or empty folder for the export.")],
+               library: LibraryOpt, as_json: JsonOpt = False,
+               deidentify: Annotated[bool, typer.Option("--deidentify", help="Required: the only export offered "
+                                                        "is de-identified (DICOM PS3.15 Basic Profile where it "
+                                                        "applies; see docs/architecture.md).")] = False,
+               ) -> None:
+    """Write reports, labels, codes and thumbnails under per-export pseudonyms (no paths, ids or real dates)."""
+    from medhash_app.core.export import export_deidentified
+    from medhash_app.core.library import Library
+
+    try:
+        if not deidentify:
+            raise MedHashError("--deidentify", "an export must be de-identified; pass --deidentify (names, ids, "
+                               "paths and real dates never leave the library)")
+        with Library.open(library, read_only=True) as lib:
+            report = export_deidentified(lib, out)
+    except MedHashError as exc:
+        fail(exc, as_json)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        console.print(f"exported {report.cases} case(s), {report.thumbnails} thumbnail(s) to {report.folder}",
+                      markup=False)
+        for notice in report.notices:
+            console.print(f"note: {notice}", markup=False, style="yellow")
+
+
 @app.command("info")
 def info_cmd(file: Annotated[Path | None, typer.Argument(help="An image file to describe.")] = None,
              library: Annotated[Path | None, typer.Option("--library", "-l")] = None,

@@ -76,6 +76,12 @@ def _png(path: Path, seed: int) -> Path:
 
 @pytest.fixture()
 def imported(tmp_path: Path) -> Iterator[tuple[Path, dict]]:
+    yield import_marked_files(tmp_path)
+
+
+def import_marked_files(tmp_path: Path) -> tuple[Path, dict]:
+    """Files whose names, headers, sidecars and manifest columns hold the markers, imported into
+    tmp_path/lib; (library folder, report as a dict)."""
     src = tmp_path / "src"
     name = f"{FILE_MARKS[1]}_{FILE_MARKS[0]}"
     _dicom(src / "dicom" / f"{name}.dcm", sop=SOP_MARK)
@@ -89,7 +95,7 @@ def imported(tmp_path: Path) -> Iterator[tuple[Path, dict]]:
     (src / "table" / "manifest.csv").write_text(f"{header}\n{row}\n")
     with Library.open(tmp_path / "lib", create=True) as lib:
         report = ingest([src / "dicom", src / "photos", src / "table"], lib, workers=1).to_dict()
-    yield tmp_path / "lib", report
+    return tmp_path / "lib", report
 
 
 def _sqlite_cells(db_path: Path) -> Iterator[tuple[str, str, str]]:

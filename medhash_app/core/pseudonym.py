@@ -135,11 +135,11 @@ class Pseudonymizer:
         text = str(uid or "").strip()
         return self._mac("uid", text)[:PSEUDONYM_HEX] if text else None
 
-    def export_id(self, kind: str, value: str, export_salt: bytes) -> str:
+    def export_id(self, kind: str, value: str, export_salt: bytes, length: int = 16) -> str:
         """A key for one export only (`export_salt` is random per export): not joinable with the
         library, with other exports, or with the original files' content hashes."""
         return hmac.new(self.key, f"export-{kind}".encode() + b"\0" + export_salt + b"\0" + value.encode(),
-                        hashlib.sha256).hexdigest()[:16]
+                        hashlib.sha256).hexdigest()[:length]
 
     def fingerprint(self) -> str:
         """Identifies the key for this library without revealing it (stored in the library)."""
