@@ -35,7 +35,8 @@ def _loader_without(missing: set[str]):
 @pytest.fixture
 def xcb_libraries_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(system_libraries, "_load", _loader_without(MISSING))
-    monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
+    for name in ("QT_QPA_PLATFORM", "XDG_SESSION_TYPE", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
     if not sys.platform.startswith("linux"):
         pytest.skip("Qt's xcb platform is Linux's")
 
@@ -48,11 +49,15 @@ def test_missing_xcb_libraries_name_their_debian_packages() -> None:
     assert window_problem(env={}, platform="linux", load=_loader_without(set())) is None
 
 
-@pytest.mark.parametrize(("platform", "qpa", "checked"), [
-    ("linux", None, True), ("linux", "xcb", True), ("linux", "xcb:nograb", True), ("linux", "offscreen", False),
-    ("linux", "wayland", False), ("darwin", None, False), ("win32", None, False)])
-def test_only_the_xcb_platform_is_checked(platform: str, qpa: str | None, checked: bool) -> None:
-    env = {} if qpa is None else {"QT_QPA_PLATFORM": qpa}
+WAYLAND = {"XDG_SESSION_TYPE": "wayland", "WAYLAND_DISPLAY": "wayland-0"}
+
+
+@pytest.mark.parametrize(("platform", "qpa", "session", "checked"), [
+    ("linux", None, {}, True), ("linux", "xcb", {}, True), ("linux", "xcb:nograb", {}, True),
+    ("linux", "offscreen", {}, False), ("linux", "wayland", {}, False), ("linux", None, WAYLAND, False),
+    ("linux", "xcb", WAYLAND, True), ("darwin", None, {}, False), ("win32", None, {}, False)])
+def test_only_the_xcb_platform_is_checked(platform: str, qpa: str | None, session: dict, checked: bool) -> None:
+    env = {**session, **({} if qpa is None else {"QT_QPA_PLATFORM": qpa})}
     problem = window_problem(env=env, platform=platform, load=_loader_without(MISSING))
     assert (problem is not None) == checked
 

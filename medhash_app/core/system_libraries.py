@@ -54,12 +54,15 @@ def _load(soname: str) -> object:
 
 
 def uses_xcb(env: Mapping[str, str] | None = None, platform: str | None = None) -> bool:
-    """Qt will try its xcb plugin first: Linux with QT_QPA_PLATFORM unset or naming xcb first."""
+    """Qt will try its xcb plugin first: Linux with QT_QPA_PLATFORM naming xcb first, or unset outside a
+    Wayland session (in one, Qt 6 starts on its wayland plugin)."""
     env = os.environ if env is None else env
     if not (platform or sys.platform).startswith("linux"):
         return False
     first = env.get("QT_QPA_PLATFORM", "").split(";")[0].split(":")[0].strip()
-    return first in ("", "xcb")
+    if first == "":
+        return not (env.get("XDG_SESSION_TYPE") == "wayland" and env.get("WAYLAND_DISPLAY"))
+    return first == "xcb"
 
 
 def missing_libraries(load: Loader | None = None) -> list[str]:
