@@ -75,7 +75,8 @@ def build_library(folder: Path, cases: int) -> dict[str, float]:
     manifest = folder.parent / "real.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with MedHashSession(folder, create=True, device="cpu") as session:
-        session.ingest([manifest, SHARED / "dicom" / "xray_chest" / "DX_chest_MONO2_NIH_ChestXray14_implicitLE.dcm"])
+        session.ingest([manifest, SHARED / "dicom" / "xray_chest" / "DX_chest_MONO2_NIH_ChestXray14_implicitLE.dcm"],
+                       allowed_roots=[SHARED])  # the manifest's rows name files in ../shared
         timings["ingest real images s"] = time.perf_counter() - start
 
         cfg = ModelConfig(method="base", backbone="embedded", bits=list(BITS),

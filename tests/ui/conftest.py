@@ -53,7 +53,7 @@ def demo_library(tmp_path_factory, odir_dir: Path) -> Path:
     odir_manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     library = root / "library"
     with MedHashSession(library, create=True, device="cpu") as session:
-        report = session.ingest([demo_manifest, odir_manifest])
+        report = session.ingest([demo_manifest, odir_manifest], allowed_roots=[odir_dir])  # rows name shared files
         assert report.added > 100 and not report.failed
         train_on_library(session, TrainRequest(method="base", bits=[16, 32], epochs=1, backbone="tiny",
                                                device="cpu", seed=0))
