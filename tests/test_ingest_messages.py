@@ -166,3 +166,20 @@ def test_decoder_workers_exit_when_the_import_is_killed(tmp_path: Path) -> None:
     for pid in left:  # do not leave them behind even when the test fails
         os.kill(pid, signal.SIGKILL)
     assert not left, "decoder workers outlived the killed import"
+
+
+def test_damaged_gzip_manifest_and_dicomdir_are_plain_layout_errors(tmp_path: Path) -> None:
+    import gzip
+
+    from medhash_app.core.errors import DatasetLayoutError
+
+    data = gzip.compress(b"image,report\n" + b"a.png,Clear.\n" * 2000)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.csv.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x001.2\0" + b"\xff" * 64)
+    with Library.open(tmp_path / "lib", create=True) as lib:
+        for source in (tmp_path / "m" / "manifest.csv.gz", tmp_path / "d"):
+            with pytest.raises(DatasetLayoutError) as caught:
+                ingest([source], lib, workers=1)
+            assert not unclear_reason(caught.value.reason) and "(" not in caught.value.reason, caught.value.reason

@@ -91,7 +91,7 @@ def table_error(path: Path, exc: BaseException) -> DatasetLayoutError:
         return DatasetLayoutError(path, "is not a gzip file (its name ends in .gz); compress it with gzip "
                                         "or remove the .gz from its name")
     if isinstance(exc, EOFError | zlib.error):
-        return DatasetLayoutError(path, f"the gzip data is truncated or damaged ({exc})")
+        return DatasetLayoutError(path, "the gzip data is truncated or damaged")
     if isinstance(exc, zipfile.BadZipFile):
         return DatasetLayoutError(path, "is not a valid .xlsx workbook")
     if isinstance(exc, csv.Error):

@@ -31,7 +31,8 @@ def items(path: Path) -> Iterator[IngestItem]:
     try:
         fileset = FileSet(dcmread(dicomdir))
     except (InvalidDicomError, ValueError, AttributeError, KeyError, OSError) as exc:
-        raise DatasetLayoutError(dicomdir, f"not a readable DICOMDIR ({exc})") from exc
+        raise DatasetLayoutError(dicomdir, "not a readable DICOMDIR: its directory records are damaged or "
+                                           "incomplete") from exc
     found = False
     for instance in fileset:
         if getattr(instance.node, "record_type", "IMAGE") != "IMAGE":
