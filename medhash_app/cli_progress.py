@@ -55,7 +55,7 @@ class PhaseBars:
 
 
 @contextmanager
-def phase_bars(enabled: bool = True) -> Iterator[PhaseBars]:
+def phase_bars(enabled: bool = True, get_time: Callable[[], float] | None = None) -> Iterator[PhaseBars]:
     """Rich rows on stderr while the block runs; silent when disabled (JSON mode, --progress none)."""
     if not enabled:
         yield PhaseBars(None)
@@ -64,7 +64,8 @@ def phase_bars(enabled: bool = True) -> Iterator[PhaseBars]:
                BarColumn(bar_width=24), MofNCompleteColumn(table_column=Column(no_wrap=True)),
                TimeRemainingColumn(), TextColumn("{task.fields[note]}", table_column=Column(no_wrap=True,
                                                                                           overflow="ellipsis")))
-    with Progress(*columns, console=console, transient=False) as bar:
+    # ETA from the last 5 minutes of progress: an encode batch can take over rich's default 30 s window
+    with Progress(*columns, console=console, transient=False, speed_estimate_period=300, get_time=get_time) as bar:
         try:
             yield PhaseBars(bar)
         except BaseException:  # a failed job leaves its one error line, not stale bars

@@ -145,6 +145,19 @@ def test_job_events_give_every_phase_a_row_with_counts() -> None:
     assert list(bars.seen) == [GENERATE, INGEST, FEATURES, TRAIN, ENCODE, EVALUATE]  # rows in running order
 
 
+def test_slow_batches_still_get_an_eta() -> None:
+    """Encoding reports once per batch of 64, which can take longer than rich's default 30 s window."""
+    from medhash_app.cli_progress import ENCODE, phase_bars
+
+    clock = {"t": 0.0}
+    with phase_bars(get_time=lambda: clock["t"]) as bars:
+        for done in (0, 64, 128):
+            bars.update(ENCODE, done, 480)
+            clock["t"] += 45.0
+        task = bars.progress.tasks[0]
+        assert task.time_remaining is not None and 200 < task.time_remaining < 400
+
+
 def test_train_shows_every_phase_and_prints_tables(tiny_library: Path, tmp_path: Path) -> None:
     """`medhash train`: cache/epochs/encode/evaluate each get a bar with counts; the result is a table."""
     result = runner.invoke(app, ["train", "--library", str(tiny_library), "--backbone", "tiny", "--epochs", "1",
