@@ -405,6 +405,22 @@ def _emit(progress: Progress | None, event: dict[str, Any]) -> None:
         progress(event)
 
 
-__all__ = ["FairOutcome", "FairRun", "FairSpec", "LEAK_OPTION", "PHASES", "chosen_settings", "epochs_for",
-           "evaluate_fair", "expected_recall_group", "expected_recall_own", "final_runs", "instance_recall",
-           "leak_runs", "load_results", "run_fair", "run_one", "selection_runs"]
+__all__ = [
+    "LEAK_OPTION",
+    "PHASES",
+    "FairOutcome",
+    "FairRun",
+    "FairSpec",
+    "chosen_settings",
+    "epochs_for",
+    "evaluate_fair",
+    "expected_recall_group",
+    "expected_recall_own",
+    "final_runs",
+    "instance_recall",
+    "leak_runs",
+    "load_results",
+    "run_fair",
+    "run_one",
+    "selection_runs",
+]

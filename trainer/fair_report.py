@@ -34,17 +34,17 @@ def protocol_lines(spec: Any, command: str, data_name: str, splits: dict[str, in
         "# Fair comparison of the hashing methods", "",
         f"Data: {data_name or '–'}; splits (one split, seed {spec.split_seed}, patient/case-disjoint): "
         + ", ".join(f"{k} {v}" for k, v in splits.items()) + ".",
-        f"Every run: batch {spec.batch_size}, at least {spec.steps} optimizer steps (whole epochs; the exact "
+        (f"Every run: batch {spec.batch_size}, at least {spec.steps} optimizer steps (whole epochs; the exact "
         f"count is in each run's JSON), AdamW with warm-up and cosine decay, the best epoch chosen on "
         f"validation that mirrors the test (val queries against train + val items, each query's own item "
-        f"left out), validated about {spec.val_points} times per run. Backbone: {spec.backbone}.",
-        f"Tuning: lr in {spec.lr_grid} x backbone-lr scale in {spec.backbone_lr_grid}, chosen per method on "
+        f"left out), validated about {spec.val_points} times per run. Backbone: {spec.backbone}."),
+        (f"Tuning: lr in {spec.lr_grid} x backbone-lr scale in {spec.backbone_lr_grid}, chosen per method on "
         f"that validation at {spec.select_bits} bits, seed {spec.select_seed}, no noise, "
         f"{spec.select_steps or spec.steps} steps. Final runs: seeds {spec.seeds} (initialisation, batch "
-        f"order and injected noise), noise {', '.join(pct(n) for n in spec.noise_rates)}, {spec.bits} bits.",
-        f"Intervals: paired per-query bootstrap ({spec.bootstrap} resamples, 95 %) of the method's AP minus "
+        f"order and injected noise), noise {', '.join(pct(n) for n in spec.noise_rates)}, {spec.bits} bits."),
+        (f"Intervals: paired per-query bootstrap ({spec.bootstrap} resamples, 95 %) of the method's AP minus "
         "BASE's on the same test queries, averaged over the seeds both have; \"beats\"/\"loses\" only "
-        "when the whole interval is above/below zero.",
+        "when the whole interval is above/below zero."),
         f"Generated {dt.date.today().isoformat()}. Machine(s): {'; '.join(machines) or '–'}.", "",
         "```bash", command or "(command not recorded)", "```", ""]
 
@@ -115,8 +115,8 @@ def versus_base_lines(spec: Any, results: Results) -> list[str]:
 
 
 def rare_lines(spec: Any, results: Results) -> list[str]:
-    lines = [f"## Rare classes: mean AP over the {RARE} classes with the fewest training positives "
-             "(largest code length; mean over seeds)", ""]
+    lines = [(f"## Rare classes: mean AP over the {RARE} classes with the fewest training positives "
+             "(largest code length; mean over seeds)"), ""]
     rows = []
     for noise in spec.noise_rates:
         for v in spec.variants:
@@ -145,8 +145,8 @@ def recall_lines(spec: Any, results: Results) -> list[str]:
     if not rows:
         return []
     header = ["Method"] + [k.replace("i2t", "I→T").replace("t2i", "T→I").replace("_", " ") for k in keys]
-    return [f"## Instance recall inside the query split ({bits} bits, no noise): own report / own image "
-            "(\"own\") and any item of the same case or patient (\"case\")", "", *table(header, rows), ""]
+    return [(f"## Instance recall inside the query split ({bits} bits, no noise): own report / own image "
+            "(\"own\") and any item of the same case or patient (\"case\")"), "", *table(header, rows), ""]
 
 
 def probe_lines(out: Path) -> list[str]:
@@ -156,9 +156,9 @@ def probe_lines(out: Path) -> list[str]:
     import json
     p = json.loads(path.read_text(encoding="utf-8"))
     return ["## Linear-probe reference of the frozen features", "",
-            "One multi-label logistic regression per modality on the pretrained towers' global features "
+            ("One multi-label logistic regression per modality on the pretrained towers' global features "
             "(trainer/linear_probe.py; weight decay chosen on val); retrieval ranks the other modality by "
-            "P(share a label) from the two probes, continuous scores, no code length.", "",
+            "P(share a label) from the two probes, continuous scores, no code length."), "",
             *table(["", "I→T mAP", "T→I mAP", "image probe AUC (query)", "text probe AUC (query)"],
                    [["probe", f"{p['i2t_map']:.3f}", f"{p['t2i_map']:.3f}", f"{p['image']['query_macro_auc']:.3f}",
                      f"{p['text']['query_macro_auc']:.3f}"]]), ""]
