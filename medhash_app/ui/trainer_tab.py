@@ -118,6 +118,7 @@ class TrainerTab(QWidget):
         self.last_out: Path | None = None
         self.last_done: dict[str, Any] | None = None
         self._started = 0.0
+        self._last_error: str | None = None
         self._steps: list[float] = []
         self._losses: list[float] = []
         self._val_epochs: list[float] = []
@@ -394,7 +395,8 @@ class TrainerTab(QWidget):
         self.activate_button.setEnabled(False)
         self.last_out, self.last_done = options.out_dir, None
         self._started = time.perf_counter()
-        self._append_log("$ medhash " + " ".join(options.to_args()[3:]))
+        self._last_error = None
+        self._append_log("$ medhash " + " ".join(options.to_args()[2:]))  # args[:2] = -m medhash_app.cli
         self.process.start(options)
         self.status_label.setText(("Resuming" if resume else "Starting") + f" {method_title(options.method)} "
                                   f"training on {options.device}…")
@@ -429,7 +431,8 @@ class TrainerTab(QWidget):
         elif kind == "evaluate":
             self.status_label.setText("Evaluating the new model on the held-out queries…")
         elif kind == "error":
-            self.message.show_message(f"{event.get('item') or 'Training'}: {event.get('reason')}", "warning")
+            self._last_error = f"{event.get('item') or 'Training'}: {event.get('reason')}"
+            self.message.show_message(self._last_error, "warning")
         elif kind == "done" and ("metrics" in event or "model_id" in event):
             self.last_done = event
             self.report.setHtml(format_report(event))
@@ -477,8 +480,8 @@ class TrainerTab(QWidget):
             self.status_label.setText(f"Stopped after {elapsed}. Resume continues from the last checkpoint.")
         else:
             self.status_label.setText("Training failed.")
-            tail = self.log_view.toPlainText().strip().splitlines()[-1:] or ["no message"]
-            self.message.show_message(f"Training stopped with an error: {tail[0]}", "error")
+            reason = self._last_error or last_error_text(self.log_view.toPlainText())
+            self.message.show_message(f"Training stopped with an error: {reason}", "error")
         self._update_enabled()
         self.trainingFinished.emit(self.last_done)
 
@@ -515,6 +518,20 @@ class TrainerTab(QWidget):
         self.start_button.setEnabled(self.state.is_open and not running)
         self.resume_button.setEnabled(self.state.is_open and not running and self.last_out is not None)
         self.stop_button.setEnabled(running)
+
+
+def last_error_text(log: str) -> str:
+    """The whole last error of a log, re-joined when the terminal wrapped it over several lines:
+    from the last line starting with "error:" (or the last paragraph) to the end."""
+    lines = [line.strip() for line in log.strip().splitlines()]
+    if not lines:
+        return "no message"
+    start = next((i for i in range(len(lines) - 1, -1, -1)
+                  if lines[i].lower().startswith(("error:", "traceback"))), None)
+    if start is None:
+        start = next((i + 1 for i in range(len(lines) - 1, -1, -1) if not lines[i]), 0)
+    text = " ".join(line for line in lines[start:] if line)
+    return text.removeprefix("error:").strip() or "no message"
 
 
 def _duration(seconds: float) -> str:

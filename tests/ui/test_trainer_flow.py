@@ -98,3 +98,29 @@ def test_the_report_puts_a_collapsed_domain_warning_above_the_numbers() -> None:
     assert page.index("Warning:") < page.index("<table")
     assert "216 images share 1 distinct" in page and "&lt;so&gt;" in page  # escaped, not markup
     assert "Warning:" not in format_report({**done, "warnings": []})
+
+
+def test_a_failed_run_shows_the_whole_error(window) -> None:
+    """The error bar shows the whole reason even when the terminal wrapped it over two lines."""
+    tab = window.trainer_tab
+    tab.log_view.appendPlainText("Loading…")
+    tab.log_view.appendPlainText("error: library: only 12 cases have labels; training needs at least")
+    tab.log_view.appendPlainText("20")
+    tab._on_finished(2, False)
+    assert "only 12 cases have labels; training needs at least 20" in tab.message.text()
+    tab.on_event({"event": "error", "item": "library", "reason": "only 3 cases have labels; training needs at least 20"})
+    tab.log_view.appendPlainText("20")
+    tab._on_finished(2, False)
+    assert tab.message.text().endswith("library: only 3 cases have labels; training needs at least 20")
+
+
+def test_the_log_shows_the_command_with_train(window, tmp_path: Path, monkeypatch) -> None:
+    tab = window.trainer_tab
+    (tmp_path / "lib").mkdir()
+    window.state.info.library_dir = tmp_path / "lib"
+    monkeypatch.setattr(type(window.state), "is_open", property(lambda self: True))
+    monkeypatch.setattr(tab.process, "start", lambda options, python=None: None)
+    assert tab.start_training()
+    monkeypatch.undo()  # the window closes with no library open
+    first = tab.log_view.toPlainText().splitlines()[0]
+    assert first.startswith("$ medhash train --library ")
