@@ -305,6 +305,46 @@ def test_each_hashing_term_reaches_its_branch(batch) -> None:
     assert grad("quantization", hash_w) > 0 and grad("quantization", lta_w) > 0
     assert grad("nrcl", align_w) > 0 and grad("nrcl", hash_w) == 0
     assert grad("inter", align_w) > 0  # the codes are computed from the aligned embedding
+    # NRCL on the codes: the only term that ties a code to its own pair's code reaches both branches
+    assert grad("contrastive", hash_w) > 0 and grad("contrastive", lta_w) > 0
+
+
+def test_code_contrastive_with_per_pair_temperatures_by_hand() -> None:
+    a = b = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # cosine matrix = identity
+    tau = torch.tensor([0.5, 1.0])
+    # row 0: logits (2, 0) -> -log(e^2 / (e^2 + 1)); row 1: logits (0, 1) -> -log(e / (1 + e)); the
+    # transposed direction has the same logits, so the symmetric mean is the mean of the two rows
+    expected = 0.5 * (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-1.0)))
+    assert expected == pytest.approx(0.220095, abs=1e-6)
+    assert float(losses.info_nce_per_sample(a, b, tau)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_code_contrastive_term_is_nrcl_on_the_codes(batch, adaptive: bool) -> None:
+    """The "contrastive" term is the symmetric InfoNCE of the modality codes c^v, c^t at
+    ModelConfig.temperature, shifted per pair by NRCL's gamma * JSD when the noise handling is adaptive."""
+    model = _model().train()
+    train_cfg = TrainConfig(noise_handling="adaptive_temperature" if adaptive else "none")
+    torch.manual_seed(7)
+    terms = model.loss_terms(batch, train_cfg, epoch=1)
+    torch.manual_seed(7)  # the same caption-dropout draws
+    with torch.no_grad():
+        pre = model._image_pre(batch.images)
+        captions = model._image_captions(pre.mean(dim=1), [m.get("caption") for m in batch.extras["meta"]])
+        caption = model._encode_captions(captions, pre.device)
+        present = torch.tensor([c is not None for c in captions])
+        img = model._image_side(pre, caption, model._keep(present, model.opts["caption_dropout"]))
+        txt = model._text_side(batch.tokens, caption, model._keep(present, model.opts["text_caption_dropout"]))
+        tau = torch.full((len(batch),), model.cfg.temperature)
+        if adaptive:
+            z_cap = model.text_align(model.text_proj(caption.global_feature))
+            tau = tau + (model.pair_temperatures(txt.aligned, z_cap, present) - model.temperature())
+            assert float((tau - model.cfg.temperature).max()) > 0  # some pair disagrees with its caption
+        expected = sum(losses.info_nce_per_sample(img.codes[b], txt.codes[b], tau) for b in (16, 32)) / 2
+    assert float(terms["contrastive"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    off = _model().train()
+    off.cfg.components["contrastive"] = False
+    assert "contrastive" not in off.loss_terms(batch, train_cfg, epoch=1)
 
 
 # ---- training ----------------------------------------------------------------------------------------------
@@ -315,7 +355,7 @@ def test_training_loss_decreases(batch) -> None:
     totals = []
     for _ in range(10):
         terms = model.loss_terms(batch, train_cfg, epoch=2)  # epoch 2: the code memory is in L_inter
-        assert {"nrcl", "quantization", "inter", "intra", "captioner"} == set(terms)
+        assert {"nrcl", "contrastive", "quantization", "inter", "intra", "captioner"} == set(terms)
         loss = sum(terms.values())
         optimizer.zero_grad()
         loss.backward()

@@ -455,10 +455,16 @@ class MCPH(BaseHashing):
             return {"contrastive": self._weight("contrastive") * loss}
         z_img, z_txt = img.aligned, txt.aligned  # what the global hash heads read
         tau = self.temperature()
+        shift: Tensor | float = 0.0  # gamma * JSD_i of each pair (adaptive temperature), detached
         if adaptive and caption is not None:
             z_cap = self.text_align(self.text_proj(caption.global_feature))
-            tau = distributed.all_gather(self.pair_temperatures(z_txt, z_cap, present).detach() - tau.detach()) + tau
-        return {"nrcl": self._weight("nrcl") * losses.info_nce_per_sample(gather(z_img), gather(z_txt), tau)}
+            shift = distributed.all_gather(self.pair_temperatures(z_txt, z_cap, present).detach() - tau.detach())
+        terms = {"nrcl": self._weight("nrcl") * losses.info_nce_per_sample(gather(z_img), gather(z_txt), tau + shift)}
+        if cfg.on("contrastive"):  # NRCL on the codes: ties each code to its own pair's (docs/methods.md, MCPH)
+            code_tau = torch.as_tensor(cfg.temperature, device=z_img.device) + shift
+            terms["contrastive"] = self._weight("contrastive") * self._per_bits(
+                lambda b: losses.info_nce_per_sample(gather(img.codes[b]), gather(txt.codes[b]), code_tau))
+        return terms
 
     def _hashing_terms(self, img: _Side, txt: _Side, labels: Tensor, batch: Batch, epoch: int) -> dict[str, Tensor]:
         cfg, w, gather = self.cfg, method_loss_weights(self.cfg, MCPH_ALL_WEIGHTS), distributed.gather_with_grad
