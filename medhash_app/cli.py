@@ -242,6 +242,8 @@ def search_cmd(library: LibraryOpt,
 def _print_hits(result) -> None:
     from medhash_app.cli_tables import hits_table
 
+    if result.out_of_domain:
+        console.print(f"[bold red]Out of domain:[/] {escape(result.out_of_domain_reason or '')}")
     console.print(hits_table(result))
 
 

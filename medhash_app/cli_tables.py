@@ -99,11 +99,11 @@ def hits_table(result: Any, width: int | None = None) -> Table:
     width = width or console.width
     table = Table(title=f"{result.query_kind} query · {result.bits} bits · {result.total_ms:.0f} ms "
                         f"on {result.device}", title_justify="left")
-    narrow = width < 100  # similarity is 1 - dist/bits: dropped first when the terminal is narrow
+    narrow = width < 100  # the calibrated "closer than" share is dropped first when the terminal is narrow
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("dist", justify="right", no_wrap=True)
     if not narrow:
-        table.add_column("sim", justify="right", no_wrap=True)
+        table.add_column("closer than", justify="right", no_wrap=True)  # % of in-domain matches (ood.py)
     table.add_column("matched", no_wrap=True)
     table.add_column("case id", no_wrap=True)
     table.add_column("file", no_wrap=True, overflow="ellipsis", max_width=40)
@@ -112,7 +112,8 @@ def hits_table(result: Any, width: int | None = None) -> Table:
     for hit in result.hits:
         case = hit.case
         report = " ".join((case.get("report") or "").split())
-        similarity = [] if narrow else [f"{hit.similarity:.3f}"]
+        closer = "–" if getattr(hit, "closer_than", None) is None else f"{hit.closer_than * 100:.0f} %"
+        similarity = [] if narrow else [closer]
         table.add_row(str(hit.rank), str(hit.distance), *similarity, hit.matched, str(case.get("id") or "–")[:8],
                       escape(Path(case.get("source_path") or "").name or "–"),
                       escape(", ".join(case.get("labels") or [])), escape(report[:300]) or "(no report)")

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from medhash_app.ui.export import export_summary
 from medhash_app.ui.messages import MessageBar, describe
-from medhash_app.ui.presentation import case_labels, highlighted_html, short_date, similarity_text
+from medhash_app.ui.presentation import case_labels, highlighted_html, match_text, short_date
 from medhash_app.ui.query_panel import load_for_viewer
 from medhash_app.ui.themes import current_theme, set_role
 from medhash_app.ui.viewer_panel import ViewerPanel
@@ -130,7 +130,7 @@ class CaseView(QWidget):
         case = hit.case
         findings = list(hit.shared_findings)
         facts = " · ".join(v for v in (case.get("modality"), case.get("view"), short_date(case.get("study_date")),
-                                       f"Hamming {hit.distance}", f"similarity {similarity_text(hit.similarity)}",
+                                       f"Hamming {hit.distance}", f"{match_text(hit)} of in-domain matches",
                                        f"matched by {hit.matched}") if v)
         self.case_pane.report.setHtml(report_html(f"Rank {hit.rank}", facts, case_labels(case),
                                                   case.get("report") or "", findings))

@@ -96,3 +96,11 @@ def short_date(value: Any) -> str:
 
 def similarity_text(similarity: float) -> str:
     return f"{similarity * 100:.0f}%"
+
+
+def match_text(hit: Any) -> str:
+    """What a hit's distance means, calibrated on the library's own cases (core/search/ood.py): the
+    share of in-domain matches it is closer than. `1 - distance / bits` read as a percentage looked
+    like a probability (a chest X-ray "69 %" like a fundus photo), so it is not shown."""
+    closer = getattr(hit, "closer_than", None)
+    return "–" if closer is None else f"closer than {closer * 100:.0f} %"

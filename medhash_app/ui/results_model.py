@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QImage
 
-from medhash_app.ui.presentation import case_labels, short_date, similarity_text
+from medhash_app.ui.presentation import case_labels, match_text, short_date
 from medhash_app.ui.thumbnails import ThumbnailLoader
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ FindingsRole = Qt.ItemDataRole.UserRole + 4
 
 COLUMNS = ("rank", "image", "report", "distance", "similarity", "labels", "modality", "view", "date")
 HEADERS = {"rank": "#", "image": "Image", "report": "Report", "distance": "Hamming",
-           "similarity": "Similarity", "labels": "Labels", "modality": "Modality", "view": "View",
+           "similarity": "Match (vs in-domain)", "labels": "Labels", "modality": "Modality", "view": "View",
            "date": "Date"}
 COL = {name: i for i, name in enumerate(COLUMNS)}
 _AnyIndex = QModelIndex | QPersistentModelIndex
@@ -119,7 +119,7 @@ class ResultsModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.TextAlignmentRole and column in ("rank", "distance", "similarity"):
             return int(Qt.AlignmentFlag.AlignCenter)
         if role == Qt.ItemDataRole.AccessibleTextRole:
-            return f"Rank {hit.rank}, similarity {similarity_text(hit.similarity)}, " \
+            return f"Rank {hit.rank}, {match_text(hit)} of in-domain matches, " \
                    f"labels {', '.join(case_labels(hit.case)) or 'none'}"
         return None
 
@@ -127,7 +127,7 @@ class ResultsModel(QAbstractTableModel):
         case = hit.case
         values = {
             "rank": str(hit.rank), "image": "", "report": case.get("report") or "",
-            "distance": str(hit.distance), "similarity": similarity_text(hit.similarity),
+            "distance": str(hit.distance), "similarity": match_text(hit),
             "labels": ", ".join(case_labels(case)), "modality": case.get("modality") or "",
             "view": case.get("view") or "", "date": short_date(case.get("study_date")),
         }

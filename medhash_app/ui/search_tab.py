@@ -213,6 +213,10 @@ class SearchTab(QWidget):
             f"{shown.description}: {len(result.hits)} {what} · {result.bits}-bit codes · {elapsed:.0f} ms "
             f"(encode {result.encode_ms:.0f} ms, search {result.search_ms:.0f} ms)"
             + (" · filtered" if self.filters.is_filtering() else ""))
+        if result.out_of_domain:  # above the results, until the next search (core/search/ood.py)
+            self.message.show_message(f"Out of domain: {result.out_of_domain_reason}", "warning")
+        elif self.message.text().startswith("Out of domain:"):
+            self.message.hide()
         if not result.hits:
             self.message.show_message("No case matches this query with the current filters.", "info", 6000)
         self._update_enabled()

@@ -20,6 +20,13 @@ from medhash_app.core.errors import MedHashError, ModelError
 from medhash_app.core.index import BinaryIndexCache
 from medhash_app.core.library import Library
 from medhash_app.core.library.filters import CaseFilter
+from medhash_app.core.search.ood import (
+    MatchReference,
+    OodReference,
+    build_match_reference,
+    build_reference,
+    knn_scores,
+)
 from medhash_app.core.search.types import Hit, SearchQuery, SearchResult
 from trainer.data.labels import labels_from_report
 from trainer.evaluate import hamming_distances
@@ -74,6 +81,7 @@ class SearchService:
         self.index_kind = index_kind
         self._loaded: dict[str, LoadedCodes] = {}
         self._data_version: int | None = None  # the library's data_version when _loaded was filled
+        self._refs: dict[tuple, OodReference | MatchReference | None] = {}  # out-of-domain calibration
 
     # -- public -------------------------------------------------------------------------------
     def search(self, query: SearchQuery, model_id: int | None = None) -> SearchResult:
@@ -89,14 +97,43 @@ class SearchService:
         flt = _normalise(query.filters)
         ranked = [self._rank(model["id"], m, bits, encoded.codes[bits][0], shortlist, flt) for m in targets]
         hits = self._hits(ranked, bits, kind, query, encoded, model["id"], findings)
+        ood, reason, score, threshold = self._domain_check(model["id"], kind, bits, encoded.codes[bits][0])
+        for hit in hits:
+            ref = self._match_reference(model["id"], kind, hit.matched, bits)
+            hit.closer_than = None if ref is None else ref.closer_than(hit.distance)
         t2 = time.perf_counter()
         return SearchResult(hits=hits, bits=bits, model_id=model["id"], device=encoder.device,
                             encode_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3,
-                            query_kind=kind, query_findings=findings)
+                            query_kind=kind, query_findings=findings, out_of_domain=ood,
+                            out_of_domain_reason=reason, domain_score=score, domain_threshold=threshold)
+
+    def _domain_check(self, model_id: int, kind: str, bits: int,
+                      q: np.ndarray) -> tuple[bool | None, str | None, float | None, float | None]:
+        """(out of domain?, plain reason, score, threshold) against the library's own codes of the
+        query's modality, whatever the filters (core/search/ood.py); None when too few codes to judge."""
+        loaded = self.warm(model_id, kind, bits)
+        key = ("ood", model_id, kind, bits, len(loaded.ids), self._data_version)
+        if key not in self._refs:
+            self._refs[key] = build_reference(loaded.codes)
+        ref = self._refs[key]
+        if not isinstance(ref, OodReference):
+            return None, None, None, None
+        score = float(knn_scores(q[None, :], loaded.codes, ref.k)[0])
+        out = ref.is_out(score)
+        return out, (ref.reason(score, kind, bits) if out else None), round(score, 3), round(ref.threshold, 3)
+
+    def _match_reference(self, model_id: int, kind: str, target: str, bits: int) -> MatchReference | None:
+        q, t = self.warm(model_id, kind, bits), self.warm(model_id, target, bits)
+        key = ("match", model_id, kind, target, bits, len(q.ids), len(t.ids), self._data_version)
+        if key not in self._refs:
+            self._refs[key] = build_match_reference(q.ids, q.codes, t.ids, t.codes)
+        ref = self._refs[key]
+        return ref if isinstance(ref, MatchReference) else None
 
     def invalidate(self) -> None:
         """Forget in-memory indexes (after codes were written)."""
         self._loaded.clear()
+        self._refs.clear()
 
     # -- steps --------------------------------------------------------------------------------
     @staticmethod

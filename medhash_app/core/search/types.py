@@ -38,6 +38,8 @@ class Hit:
     similarity: float  # 1 - distance / bits
     rerank_score: float | None = None
     shared_findings: list[str] = field(default_factory=list)
+    # share (0..1) of in-domain top matches farther than this hit (core/search/ood.py); None: too few codes
+    closer_than: float | None = None
 
 
 @dataclass
@@ -51,6 +53,10 @@ class SearchResult:
     total_ms: float
     query_kind: Literal["image", "text"]
     query_findings: list[str] = field(default_factory=list)
+    out_of_domain: bool | None = None  # None: the library has too few codes to judge (core/search/ood.py)
+    out_of_domain_reason: str | None = None
+    domain_score: float | None = None  # mean Hamming distance to the K nearest library codes of the query's kind
+    domain_threshold: float | None = None  # scores above it are out of domain
 
     def to_dict(self) -> dict[str, Any]:
         """Stable JSON shape of `medhash search --json` (documented in docs/cli.md)."""
@@ -62,10 +68,15 @@ class SearchResult:
             "timing_ms": {"encode": round(self.encode_ms, 3), "search": round(self.search_ms, 3),
                           "total": round(self.total_ms, 3)},
             "query_findings": self.query_findings,
+            "out_of_domain": self.out_of_domain,
+            "out_of_domain_reason": self.out_of_domain_reason,
+            "domain_score": self.domain_score,
+            "domain_threshold": self.domain_threshold,
             "hits": [
                 {
                     "rank": h.rank, "case_id": h.case.get("id"), "matched": h.matched,
                     "distance": h.distance, "similarity": round(h.similarity, 4),
+                    "closer_than": None if h.closer_than is None else round(h.closer_than, 4),
                     "rerank_score": None if h.rerank_score is None else round(h.rerank_score, 4),
                     "shared_findings": h.shared_findings,
                     "labels": h.case.get("labels"), "modality": h.case.get("modality"),
