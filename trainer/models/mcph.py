@@ -15,6 +15,10 @@ every equation as implemented, every reading where the paper is ambiguous, and e
   B = sign(lambda (h^v + h^t) + (1 - lambda) (f^v + f^t)) exists only inside the losses:
   quantization of c^v and c^t to B, inter-modal similarity on h (and a memory of B), intra-modal
   similarity on f.
+- NRCL on the codes (our addition, component "contrastive"): InfoNCE of c^v against c^t with
+  NRCL's per-pair temperature shift. It is what ties a code to its own pair's code; without it the
+  beta = 10 label likelihood alone shapes the codes and rare-class images take the majority
+  class's code (docs/methods.md, "Rare classes").
 
 Honest retrieval: the image side sees the image and its own caption (a captions file entry, else
 the built-in captioner's sentence from the image), never the report; the text side sees the
