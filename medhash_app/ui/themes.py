@@ -144,6 +144,11 @@ def apply_theme(app: QApplication, name: str) -> Theme:
     # outlines them explicitly (a stylesheet costs ~1 s per window, so only this theme pays it).
     app.setStyleSheet(HIGH_CONTRAST_SHEET if theme.name == "high-contrast" else "")
     for widget in app.allWidgets():
+        sheet = widget.styleSheet()
+        if sheet:  # a widget stylesheet froze the old palette at polish time: polish it again
+            widget.setStyleSheet("")
+            widget.setPalette(QPalette())
+            widget.setStyleSheet(sheet)
         if widget.property("role"):
             widget.setPalette(QPalette())  # drop the old theme's role colours, then re-apply
             style_role(widget, theme)
