@@ -147,6 +147,26 @@ class CaseView(QWidget):
             self._job = job
         self.hitShown.emit(hit)
 
+    def load_case(self, case: dict[str, Any], title: str = "Case") -> None:
+        """One library case on its own (the case browser): no query, no match facts."""
+        self.query_pane.hide()
+        self.hit = None
+        self.case = case
+        facts = " · ".join(v for v in (case.get("modality"), case.get("view"), case.get("laterality"),
+                                       short_date(case.get("study_date")), case.get("split")) if v)
+        self.case_pane.report.setHtml(report_html(title, facts, case_labels(case), case.get("report") or "", []))
+        self.case_pane.show_text_only("Loading image…")
+        if self._job is not None:
+            self._job.cancel()
+        path = self._image_path(case)
+        if path is None:
+            self.case_pane.show_text_only("The image of this case is not available")
+            return
+        job = self.runner.start("load case", lambda _p, _c: load_for_viewer(path))
+        job.succeeded.connect(lambda value, p=path: self._on_loaded(p, value))
+        job.failed.connect(self._on_failed)
+        self._job = job
+
     def _on_loaded(self, path: Path, value: tuple[Any, dict, dict]) -> None:
         img, presets, _facts = value
         self.case_pane.show_image(img, presets, path.name)

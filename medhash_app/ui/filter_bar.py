@@ -23,6 +23,7 @@ from superqt import QRangeSlider, QSearchableComboBox
 from medhash_app.ui.themes import set_role, style_toggle
 
 if TYPE_CHECKING:
+    from medhash_app.core.library import CaseFilter
     from medhash_app.core.search.types import SearchFilters
 
 TARGETS = (("reports", "Reports"), ("images", "Images"), ("both", "Reports and images"))
@@ -139,9 +140,13 @@ class FilterBar(QWidget):
     def _build_layout(self) -> None:
         row1 = QHBoxLayout()
         row1.setContentsMargins(0, 0, 0, 0)
+        self._search_controls: list[QWidget] = []
         for caption, widget in (("Find", self.target), ("Bits", self.bits), ("Show", self.k)):
-            row1.addWidget(QLabel(caption, self))
+            label = QLabel(caption, self)
+            row1.addWidget(label)
             row1.addWidget(widget)
+            self._search_controls += [label, widget]
+        self.row1 = row1
         row1.addStretch(1)
         row1.addWidget(self.list_button)
         row1.addWidget(self.grid_button)
@@ -235,6 +240,21 @@ class FilterBar(QWidget):
             date_from=date_from, date_to=date_to,
             keyword=self.keyword.text().strip() or None,
         )
+
+    def case_filter(self) -> CaseFilter:
+        """The same choices as `filters()`, for the library's case listing (no search package)."""
+        from medhash_app.core.library import CaseFilter
+
+        date_from, date_to = self.date_range()
+        return CaseFilter(labels=[self.label.currentText()] if self.label.currentIndex() > 0 else None,
+                          modality=self.modality.currentText() if self.modality.currentIndex() > 0 else None,
+                          view=self.view.currentText() if self.view.currentIndex() > 0 else None,
+                          date_from=date_from, date_to=date_to, keyword=self.keyword.text().strip() or None)
+
+    def set_search_controls_visible(self, visible: bool) -> None:
+        """Hide "Find", "Bits" and "Show" where the bar filters a listing, not a search."""
+        for widget in self._search_controls:
+            widget.setVisible(visible)
 
     def is_filtering(self) -> bool:
         f = self.filters()

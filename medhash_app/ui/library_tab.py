@@ -15,12 +15,14 @@ from PySide6.QtWidgets import (
     QLabel,
     QPushButton,
     QSplitter,
+    QTabWidget,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from medhash_app.ui.case_browser import CaseBrowser
 from medhash_app.ui.dropping import local_paths
 from medhash_app.ui.messages import MessageBar, describe
 from medhash_app.ui.progress import ProgressRow
@@ -124,10 +126,17 @@ class LibraryTab(QWidget):
         split.addWidget(left)
         split.addWidget(right)
         split.setSizes([700, 600])
+        self.browser = CaseBrowser(state, runner, self)
+        self.sections = QTabWidget(self)
+        self.sections.setDocumentMode(True)
+        self.sections.addTab(split, "Manage")
+        self.sections.addTab(self.browser, "Browse cases")
+        self.sections.setTabToolTip(1, "Every case of the library as thumbnails or a list, filtered and sorted; "
+                                       "double-click opens a case")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 8, 8, 8)
         layout.addWidget(self.message)
-        layout.addWidget(split, 1)
+        layout.addWidget(self.sections, 1)
         state.changed.connect(self._on_session_changed)
         self._on_session_changed()
 
@@ -328,6 +337,9 @@ class LibraryTab(QWidget):
         self.import_progress.finish()
         self._set_busy(False)
         self.state.refresh()
+
+    def shutdown(self) -> None:
+        self.browser.shutdown()
 
     def _set_busy(self, busy: bool) -> None:
         self.import_files_button.setEnabled(not busy and self.state.is_open)

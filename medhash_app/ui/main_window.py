@@ -176,6 +176,7 @@ class MainWindow(QMainWindow):
         self.trainer_tab.stop_training()
         self.runner.cancel_all()
         self.search_tab.shutdown()
+        self.library_tab.shutdown()
         self.runner.wait(10_000)
         self.state.close()
 

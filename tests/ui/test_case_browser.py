@@ -1,0 +1,92 @@
+"""Library tab's case browser: pages, filters, sort, lazy thumbnails, and the case view."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from medhash_app.core.library import Library, atomic_write, thumb_rel_path
+from medhash_app.core.library.browse import browse_cases
+
+N = 450
+
+
+def _png(shade: int, size: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (size, size), shade).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _make_library(root: Path) -> Path:
+    folder = root / "browse-lib"
+    lib = Library.open(folder, create=True)
+    images = root / "images"
+    images.mkdir()
+    rows = []
+    for i in range(N):
+        case_id = f"{i:032x}"
+        source = images / f"case{i:03d}.png"
+        if i < 40:
+            source.write_bytes(_png(40 + i))
+            atomic_write(lib.path_of(thumb_rel_path(case_id)), _png(40 + i, 32))
+        rows.append({"id": case_id, "source_path": str(source), "modality": "OP" if i % 3 == 0 else "CR",
+                     "view": "PA", "study_date": f"2019-{1 + i % 12:02d}-01", "report": f"Report number {i}.",
+                     "labels": ["cardiomegaly"] if i % 4 == 0 else [],
+                     "thumb_path": thumb_rel_path(case_id) if i < 40 else None})
+    lib.add_cases(rows)
+    lib.close()
+    return folder
+
+
+def test_browse_pages_filters_sorts_and_opens_a_case(qtbot, open_library, window, tmp_path: Path) -> None:
+    folder = _make_library(tmp_path)
+    tab = window.library_tab
+    browser = tab.browser
+    window.tabs.setCurrentWidget(tab)
+    tab.sections.setCurrentWidget(browser)
+    with qtbot.waitSignal(browser.pageShown, timeout=30_000):
+        open_library(window, folder)
+    assert browser.model.rowCount() == 200 and "of 450 cases" in browser.page_label.text()
+    assert "page 1 of 3" in browser.page_label.text()
+    assert not browser.prev_button.isEnabled() and browser.next_button.isEnabled()
+    assert browser.model.cases[0]["id"] == f"{0:032x}"  # import order
+    # the grid asks for the thumbnails it paints, not the whole page
+    browser.set_view_mode("grid")
+    qtbot.waitUntil(lambda: len(browser.loader.requested) > 0, timeout=10_000)
+    assert len(browser.loader.requested) < 200
+    first = browser.model.index(0, 0)
+    qtbot.waitUntil(lambda: browser.model.data(first, 1) is not None, timeout=10_000)  # DecorationRole
+    with qtbot.waitSignal(browser.pageShown, timeout=10_000):
+        browser.next_button.click()
+    assert "page 2 of 3" in browser.page_label.text() and browser.model.cases[0]["id"] == f"{200:032x}"
+    # sorted and filtered like the search: same filter bar, same CaseFilter
+    with qtbot.waitSignal(browser.pageShown, timeout=10_000):
+        browser.descending.setChecked(True)
+    assert browser.model.cases[0]["id"] == f"{N - 1:032x}" and "page 1 of 3" in browser.page_label.text()
+    qtbot.waitUntil(lambda: browser.filters.modality.count() > 1, timeout=10_000)
+    with qtbot.waitSignal(browser.pageShown, timeout=10_000):
+        browser.filters.modality.setCurrentText("OP")
+    expected = browse_cases(Library.open(folder, read_only=True), browser.filters.case_filter(), page_size=500)
+    assert expected.total == len(range(0, N, 3))
+    assert f"of {expected.total} cases" in browser.page_label.text()
+    assert all(c["modality"] == "OP" for c in browser.model.cases)
+    # double-click opens the case view with its report and image
+    browser.set_view_mode("list")
+    index = browser.model.index(browser.model.cases.index(
+        next(c for c in browser.model.cases if c["id"] == f"{39:032x}")), 1)
+    browser.table.scrollTo(index)
+    rect = browser.table.visualRect(index)
+    qtbot.mouseClick(browser.table.viewport(), qtbot_left(), pos=rect.center())
+    qtbot.mouseDClick(browser.table.viewport(), qtbot_left(), pos=rect.center())
+    assert browser.case_dialog is not None and browser.case_dialog.isVisible()
+    view = browser.case_dialog.view
+    assert "Report number 39." in view.case_pane.report.toPlainText()
+    qtbot.waitUntil(lambda: view.case_pane.stack.currentWidget() is view.case_pane.viewer_panel, timeout=20_000)
+
+
+def qtbot_left():
+    from PySide6.QtCore import Qt
+
+    return Qt.MouseButton.LeftButton
