@@ -43,9 +43,16 @@ class EncodedBatch:
 
 
 def clean_report(text: str | None, item: str = "report") -> str:
-    """Reject empty reports with a clear error; cut absurdly long ones instead of failing."""
+    """Reject empty reports and text that is not valid Unicode (a terminal or file in another
+    encoding gives Python lone surrogates, which the tokenizer cannot take) with a clear error;
+    cut absurdly long ones instead of failing."""
     if text is None or not text.strip():
         raise InvalidReportError(item, "the report is empty; type a few words of findings")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidReportError(item, "the text is not valid UTF-8 (was it typed or saved in another encoding?); "
+                                 "re-type it or convert it to UTF-8") from None
     return " ".join(text.split())[:MAX_REPORT_CHARS]
 
 
