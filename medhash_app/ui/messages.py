@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,11 +12,34 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMessageBox, QToolBut
 from medhash_app.core.errors import MedHashError
 
 
+# Core messages name the `medhash` command that fixes a problem; the window names its own tab or
+# button instead (the CLI wording stays right for the CLI).
+_WINDOW_WORDING: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(a), b) for a, b in (
+    (r"run `medhash train[^`]*` or choose one with `medhash models --activate[^`]*`",
+     "train one in the Trainer tab, or select one under Library › Manage › Models and press Make active"),
+    (r"run `medhash train[^`]*`", "train one in the Trainer tab"),
+    (r"compute them with `medhash encode[^`]*`", "compute them with Re-encode library in the Library tab"),
+    (r"run `medhash encode[^`]*`", "use Re-encode library in the Library tab"),
+    (r"`medhash encode[^`]*`", "Re-encode library (Library tab)"),
+    (r"\(medhash ingest --allow-outside FOLDER\)",
+     "(import that folder itself, or move the files into the folder being imported)"),
+    (r"`medhash demo[^`]*`", "File › Open demo library"),
+))
+
+
+def for_the_window(text: str) -> str:
+    """A core message with its `medhash …` command hints replaced by the tab or menu that does it."""
+    for pattern, replacement in _WINDOW_WORDING:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def describe(exc: BaseException) -> str:
     """One or two sentences a radiologist can act on; never a traceback."""
     if isinstance(exc, MedHashError):
         item = Path(exc.item).name if exc.item and ("/" in exc.item or "\\" in exc.item) else exc.item
-        return f"{item}: {exc.reason}" if item else exc.reason
+        reason = for_the_window(exc.reason)
+        return f"{item}: {reason}" if item else reason
     if isinstance(exc, MemoryError):
         return "The computer ran out of memory for this task. Close other programs or use smaller inputs."
     if isinstance(exc, PermissionError):
@@ -57,7 +81,7 @@ class MessageBar(QFrame):
         colour = self.COLOURS.get(kind, self.COLOURS["info"])
         self.setStyleSheet(f"#messageBar {{ background: {colour}; border-radius: 3px; }}"
                            f"#messageBar QLabel, #messageBar QToolButton {{ color: white; }}")
-        self.label.setText(text)
+        self.label.setText(for_the_window(text))
         self.show()
         if timeout_ms:
             self._timer.start(timeout_ms)
