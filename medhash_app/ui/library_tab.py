@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from PySide6.QtWidgets import (
 
 from medhash_app.ui.case_browser import CaseBrowser
 from medhash_app.ui.dropping import local_paths
-from medhash_app.ui.messages import MessageBar, describe
+from medhash_app.ui.messages import MessageBar, describe, for_the_window
 from medhash_app.ui.progress import ProgressRow
 from medhash_app.ui.session_state import SessionState
 from medhash_app.ui.settings import AppSettings
@@ -186,6 +187,15 @@ class LibraryTab(QWidget):
         self.import_summary = QLabel("", self)
         self.import_summary.setWordWrap(True)
         self.problems = _table(["Status", "File", "Reason"], "Skipped and failed files", self)
+        self.problems.setWordWrap(True)  # a reason is a sentence or two: wrap it, never cut it off
+        self.problems.currentCellChanged.connect(lambda row, *_: self._show_problem(row))
+        self.problems.horizontalHeader().sectionResized.connect(lambda *_: self.problems.resizeRowsToContents())
+        self._problem_rows: list[tuple[str, str, str]] = []
+        self.problem_details = QLabel("", self)
+        self.problem_details.setWordWrap(True)
+        self.problem_details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.problem_details.setAccessibleName("Reason in full")
+        self.problem_details.hide()
         row = QHBoxLayout()
         row.addWidget(self.import_files_button)
         row.addWidget(self.import_folder_button)
@@ -196,6 +206,7 @@ class LibraryTab(QWidget):
         layout.addWidget(self.import_progress)
         layout.addWidget(self.import_summary)
         layout.addWidget(self.problems, 1)
+        layout.addWidget(self.problem_details)
 
     def _build_models_box(self) -> None:
         self.models_box = QGroupBox("Models", self)
@@ -287,12 +298,14 @@ class LibraryTab(QWidget):
             return None
         self.message.hide()
         self.problems.setRowCount(0)
+        self._problem_rows = []
+        self.problem_details.hide()
         self.import_summary.setText("")
         self.import_progress.begin(f"Importing {len(paths)} item(s)…")
         self._set_busy(True)
         job = self.runner.start("import", lambda progress, cancel: session.ingest(
             paths, progress=progress, cancel=cancel), keep_partial=True)
-        job.progress.connect(self.import_progress.update_progress)
+        job.progress.connect(self.import_progress.update_progress)  # counts, rate and time left
         job.succeeded.connect(self._on_imported)
         job.failed.connect(self._on_import_failed)
         job.cancelled.connect(lambda: self.import_summary.setText("Import cancelled."))
@@ -308,12 +321,17 @@ class LibraryTab(QWidget):
 
     def _on_imported(self, report: Any) -> None:
         self.last_report = report
-        rows = problem_rows(report)
+        rows = [(status, path, for_the_window(reason)) for status, path, reason in problem_rows(report)]
+        self._problem_rows = rows
         _fill(self.problems, [[status, Path(path).name, reason] for status, path, reason in rows])
         for row, (_status, path, reason) in enumerate(rows):
             self.problems.item(row, 1).setToolTip(path)
-            self.problems.item(row, 2).setToolTip(reason)
+            self.problems.item(row, 2).setToolTip(f"<p>{html.escape(reason)}</p>")  # rich text wraps
         self.problems.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.problems.resizeRowsToContents()
+        if rows:
+            self.problems.setCurrentCell(0, 2)
+        self._show_problem(0 if rows else -1)
         added = _count(getattr(report, "added", 0))
         skipped = _count(getattr(report, "skipped", 0))
         failed = _count(getattr(report, "failed", 0))
@@ -328,6 +346,17 @@ class LibraryTab(QWidget):
             self.message.show_message(f"{failed} file(s) could not be imported; see the table for the "
                                       "reasons. The rest was imported.", "warning")
         self.importFinished.emit(report)
+
+    def _show_problem(self, row: int) -> None:
+        """The selected problem in full under the table: whole path, whole reason, wrapped."""
+        rows = self._problem_rows
+        if not 0 <= row < len(rows):
+            self.problem_details.hide()
+            return
+        status, path, reason = rows[row]
+        self.problem_details.setText(f"<b>{html.escape(Path(path).name)}</b> ({status}) — {html.escape(path)}"
+                                     f"<br>{html.escape(reason)}")
+        self.problem_details.show()
 
     def _on_import_failed(self, exc: BaseException) -> None:
         self.message.show_error(exc)

@@ -17,6 +17,7 @@ class ProgressState:
     total: int | None = None
     text: str = ""
     rate: float | None = None  # items per second, when the job measures it itself
+    counts: dict[str, int] | None = None  # added/skipped/failed so far, when the job reports them
 
 
 def read_progress(value: Any) -> ProgressState:
@@ -38,7 +39,19 @@ def read_progress(value: Any) -> ProgressState:
     except (TypeError, ValueError):
         total_i = None
     rate = get("files_per_s", None) or get("rate", None)
-    return ProgressState(done_i, total_i, str(text), float(rate) if isinstance(rate, (int, float)) else None)
+    counts = {k: v for k in ("added", "skipped", "failed") if isinstance(v := get(k, None), int)}
+    return ProgressState(done_i, total_i, str(text), float(rate) if isinstance(rate, (int, float)) else None,
+                         counts or None)
+
+
+def eta_text(seconds: float) -> str:
+    """"about 40 s left", "about 12 min left", "about 2 h 5 min left"."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 90:
+        return f"about {seconds} s left"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} min left"
+    return f"about {seconds // 3600} h {seconds % 3600 // 60} min left"
 
 
 class ProgressRow(QWidget):
@@ -76,14 +89,16 @@ class ProgressRow(QWidget):
         state = read_progress(value)
         elapsed = max(time.perf_counter() - self._start, 1e-6)
         self.rate = state.rate if state.rate is not None else state.done / elapsed
+        counts = "".join(f" · {k} {v:,}" for k, v in (state.counts or {}).items())
         if state.total:
             self.bar.setRange(0, state.total)
             self.bar.setValue(min(state.done, state.total))
-            left = (state.total - state.done) / self.rate if self.rate > 0 else None
-            eta = f" · about {left:.0f} s left" if left is not None else ""
-            self.label.setText(f"{state.done:,} of {state.total:,} {self.unit} · {self.rate:.1f}/s{eta}")
+            left = (state.total - state.done) / self.rate if self.rate > 0 and state.done else None
+            eta = f" · {eta_text(left)}" if left is not None else ""
+            self.label.setText(f"{state.done:,} of {state.total:,} {self.unit}{counts} · {self.rate:.1f}/s{eta}")
         else:
-            self.label.setText(f"{state.done:,} {self.unit} · {self.rate:.1f}/s")
+            self.label.setText(f"{state.done:,} {self.unit}{counts} · {self.rate:.1f}/s")
+        self.label.setToolTip(self.label.text())
         return state
 
     def finish(self) -> None:

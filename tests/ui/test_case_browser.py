@@ -90,3 +90,29 @@ def qtbot_left():
     from PySide6.QtCore import Qt
 
     return Qt.MouseButton.LeftButton
+
+
+def test_import_progress_shows_counts_and_time_left_and_reasons_in_full(qtbot, window) -> None:
+    from medhash_app.core.ingest.items import IngestProgress, IngestReport
+
+    tab = window.library_tab
+    window.tabs.setCurrentWidget(tab)
+    row = tab.import_progress
+    row.begin("Importing 1 item(s)…")
+    row._start -= 30  # 30 s in
+    row.update_progress(IngestProgress(done=300, total=1500, added=280, skipped=15, failed=5, files_per_s=2.0))
+    assert row.bar.maximum() == 1500 and row.bar.value() == 300  # determinate
+    text = row.label.text()
+    assert "300 of 1,500 files" in text and "added 280" in text and "skipped 15" in text and "failed 5" in text
+    assert "about 10 min left" in text
+    reason = ("the file ends after 812 of 4,096 bytes of pixel data (a truncated download or copy?); "
+              "import it again from the original media. Files outside are not read unless their folder is "
+              "allowed (medhash ingest --allow-outside FOLDER)")
+    report = IngestReport(batch_id="x", total=2, added=1, failed=[("/data/in/broken.dcm", reason)])
+    tab._on_imported(report)
+    assert tab.problems.wordWrap()
+    assert tab.problem_details.isVisibleTo(tab)
+    details = tab.problem_details.text()
+    assert "/data/in/broken.dcm" in details and "import it again from the original media" in details
+    assert "medhash ingest" not in details and "Files outside are not read" in details  # the window's wording
+    assert tab.problems.rowHeight(0) > tab.problems.verticalHeader().minimumSectionSize()

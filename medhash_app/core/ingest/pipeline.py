@@ -235,6 +235,8 @@ def ingest(paths: Sequence[str | Path], library: Library, *, domain: str | None 
         report.notices.append(f"not stored because they identify patients: the column(s) {', '.join(withheld)} "
                               "(a patient id or MRN only becomes the keyed patient key)")
     run, throttle = _Run(library, domain, report), _Throttle(progress)
+    throttle.emit(report, force=True)  # "0 of N": the total is known before the first batch is done
+    throttle.last = 0.0  # ... and the first batch still reports at once
     run.log_file.write(None, "warning", finding)
     sweep_temp_files(library.folder)
     with Decoder(workers) as decoder, ThreadPoolExecutor(_HASH_THREADS) as hasher:
