@@ -145,6 +145,8 @@ def run_app(library_dir: Path | None, argv: Sequence[str], *, device: str = "aut
     target = library_dir or settings.last_library()
     if target is not None and Path(target).is_dir():
         window.open_library(Path(target))
+    elif library_dir is None:
+        window.offer_first_run()  # nothing to reopen: offer the demo library
     log.info("MedHash UI started (log: %s)", log_path)
     app.aboutToQuit.connect(window.shutdown)
     try:

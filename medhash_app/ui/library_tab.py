@@ -16,9 +16,9 @@ from PySide6.QtWidgets import (
     QLabel,
     QPushButton,
     QSplitter,
-    QTabWidget,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -109,6 +109,8 @@ class LibraryTab(QWidget):
         self._encode_job: JobHandle | None = None
         self.last_report: Any = None
         self.message = MessageBar(self)
+        self._demo_job: JobHandle | None = None
+        self._build_welcome_box()
         self._build_library_box()
         self._build_import_box()
         self._build_models_box()
@@ -121,6 +123,7 @@ class LibraryTab(QWidget):
         left = QWidget(self)
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(self.welcome_box)
         left_layout.addWidget(self.library_box)
         left_layout.addWidget(self.import_box, 1)
         split = QSplitter(Qt.Orientation.Horizontal, self)
@@ -150,6 +153,82 @@ class LibraryTab(QWidget):
             set_role(button, "primary")
         button.clicked.connect(slot)
         return button
+
+    def _build_welcome_box(self) -> None:
+        """First launch: offer the demo library (it lives in a hidden per-user folder that the
+        folder dialog does not show, so the window opens it by name)."""
+        self.welcome_box = QGroupBox("Getting started", self)
+        self.welcome_label = QLabel("", self)
+        self.welcome_label.setWordWrap(True)
+        self.welcome_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.demo_button = self._button("Open demo library", "Open the demo library (built on first use)",
+                                        self.open_demo_library, primary=True)
+        self.demo_progress = ProgressRow("steps", self)
+        self.demo_progress.cancel_button.clicked.connect(
+            lambda: self._demo_job is not None and self._demo_job.cancel_event.set())
+        row = QHBoxLayout()
+        row.addWidget(self.demo_button)
+        row.addStretch(1)
+        layout = QVBoxLayout(self.welcome_box)
+        layout.addWidget(self.welcome_label)
+        layout.addLayout(row)
+        layout.addWidget(self.demo_progress)
+        self.welcome_box.hide()
+
+    def offer_demo(self) -> None:
+        """Show "Getting started" with Open demo library (or Build demo library when there is none yet)."""
+        from medhash_app.core.demo.location import default_demo_library, demo_library_ready
+
+        folder = default_demo_library()
+        if demo_library_ready(folder):
+            self.welcome_label.setText(
+                "New to MedHash? Open the demo library: generated chest radiographs and fundus photographs "
+                f"with reports and a trained model, ready to search. It is stored in {folder}.")
+            self.demo_button.setText("Open demo library")
+        else:
+            self.welcome_label.setText(
+                "New to MedHash? Build the demo library: generated chest radiographs and fundus photographs "
+                "with reports, and a model trained on them (several minutes on a laptop CPU), stored in "
+                f"{folder}. Or create a library of your own below and import images into it.")
+            self.demo_button.setText("Build demo library")
+        self.demo_button.setAccessibleName(self.demo_button.text())
+        self.welcome_box.show()
+
+    def open_demo_library(self) -> JobHandle | None:
+        """Open the demo library; build it first (in the background) when it is not there yet."""
+        from medhash_app.core.demo.location import default_demo_library, demo_library_ready
+
+        folder = default_demo_library()
+        if demo_library_ready(folder) and (self._demo_job is None or self._demo_job.done):
+            return self.state.open(folder)
+        if self._demo_job is not None and not self._demo_job.done:
+            return self._demo_job
+
+        def build(progress, cancel):
+            from medhash_app.core.demo.pipeline import run_demo
+
+            return run_demo(folder, cancel=cancel, progress=progress)
+
+        self.welcome_box.show()
+        self.demo_button.setEnabled(False)
+        self.demo_progress.begin("Building the demo library…")
+        job = self.runner.start("build demo library", build)
+        job.progress.connect(self._on_demo_progress)
+        job.failed.connect(self.message.show_error)
+        job.succeeded.connect(lambda _r: self.state.open(folder))
+        job.finished.connect(lambda: (self.demo_progress.finish(), self.demo_button.setEnabled(True)))
+        self._demo_job = job
+        return job
+
+    def _on_demo_progress(self, event: Any) -> None:
+        state = self.demo_progress.update_progress(event)
+        phase = event.get("event") if isinstance(event, dict) else None
+        titles = {"generate": "Generating images and reports", "ingest": "Importing",
+                  "queries": "Running the example queries", "step": "Training", "epoch": "Training",
+                  "encode": "Encoding"}
+        if phase in titles:
+            done = f" {state.done:,} of {state.total:,}" if state.total else ""
+            self.demo_progress.label.setText(f"{titles[phase]}{done}…")
 
     def _build_library_box(self) -> None:
         self.library_box = QGroupBox("Library", self)
@@ -246,11 +325,23 @@ class LibraryTab(QWidget):
 
     # -- library ------------------------------------------------------------------------------
     def choose_new_library(self) -> None:
-        name = QFileDialog.getExistingDirectory(self, "Folder for the new library",
-                                                self.settings.last_dir("library"))
-        if name:
-            self.settings.set_last_dir("library", Path(name).parent)
-            self.state.open(Path(name), create=True)
+        """Ask for a folder that may not exist yet (a folder picker cannot return one) and make it."""
+        dialog = QFileDialog(self, "New library: type a name for its folder", self.settings.last_dir("library"))
+        dialog.setFileMode(QFileDialog.FileMode.AnyFile)
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setLabelText(QFileDialog.DialogLabel.Accept, "Create")
+        dialog.setLabelText(QFileDialog.DialogLabel.FileName, "Library folder")
+        dialog.setOption(QFileDialog.Option.DontConfirmOverwrite, True)  # an existing empty folder is fine
+        if not dialog.exec() or not dialog.selectedFiles():
+            return
+        folder = Path(dialog.selectedFiles()[0]).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)  # mkdir -p
+        except OSError as exc:
+            self.message.show_error(exc)
+            return
+        self.settings.set_last_dir("library", folder.parent)
+        self.state.open(folder, create=True)
 
     def choose_library(self) -> None:
         name = QFileDialog.getExistingDirectory(self, "Open library folder", self.settings.last_dir("library"))
@@ -262,6 +353,7 @@ class LibraryTab(QWidget):
         is_open = self.state.is_open
         info = self.state.info
         if is_open:
+            self.welcome_box.hide()
             self.path_label.setText(f"<b>{info.library_dir.name}</b> — {info.library_dir}")
             self.stats_label.setText(f"{info.case_count:,} cases · active model: {info.model_name} · "
                                      f"device: {info.device}")

@@ -86,11 +86,14 @@ class MainWindow(QMainWindow):
                                         self._open_query, "Choose an image to search with")
         self.new_lib_action = self._action("&New library…", "Ctrl+Shift+N", self.library_tab.choose_new_library)
         self.open_lib_action = self._action("Open &library…", "Ctrl+L", self.library_tab.choose_library)
+        self.demo_action = self._action("Open &demo library", None, self.library_tab.open_demo_library,
+                                        "Open the demo library (built on first use)")
         self.import_action = self._action("&Import into library…", "Ctrl+I", self.library_tab.choose_import_folder)
         self.csv_action = self._action("Export results as &CSV…", "Ctrl+E", self.search_tab.choose_csv)
         self.summary_action = self._action("Export &summary…", "Ctrl+P", self.search_tab.choose_summary)
         quit_action = self._action("&Quit", QKeySequence.StandardKey.Quit, self.close)
-        for action in (self.open_action, None, self.new_lib_action, self.open_lib_action, self.import_action,
+        for action in (self.open_action, None, self.new_lib_action, self.open_lib_action, self.demo_action,
+                       self.import_action,
                        None, self.csv_action, self.summary_action, None, quit_action):
             file_menu.addSeparator() if action is None else file_menu.addAction(action)
 
@@ -179,6 +182,11 @@ class MainWindow(QMainWindow):
         self.library_tab.shutdown()
         self.runner.wait(10_000)
         self.state.close()
+
+    def offer_first_run(self) -> None:
+        """First launch (no library remembered): the Library tab offers the demo library."""
+        self.tabs.setCurrentWidget(self.library_tab)
+        self.library_tab.offer_demo()
 
     # -- library and status -------------------------------------------------------------------
     def open_library(self, path: Path, create: bool = False) -> None:

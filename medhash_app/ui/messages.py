@@ -11,7 +11,6 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMessageBox, QToolBut
 
 from medhash_app.core.errors import MedHashError
 
-
 # Core messages name the `medhash` command that fixes a problem; the window names its own tab or
 # button instead (the CLI wording stays right for the CLI).
 _WINDOW_WORDING: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(a), b) for a, b in (

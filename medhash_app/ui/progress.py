@@ -46,7 +46,7 @@ def read_progress(value: Any) -> ProgressState:
 
 def eta_text(seconds: float) -> str:
     """"about 40 s left", "about 12 min left", "about 2 h 5 min left"."""
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     if seconds < 90:
         return f"about {seconds} s left"
     if seconds < 5400:

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from platformdirs import user_data_dir
-
 from medhash_app.core.demo.generator import DEMO_QUERIES, demo_query_images, generate_demo_dataset
+from medhash_app.core.demo.location import default_demo_library
 from medhash_app.core.library import CaseFilter
 from medhash_app.core.search import SearchQuery
 from medhash_app.core.session import MedHashSession
@@ -21,10 +20,6 @@ from medhash_app.core.training import TrainRequest, train_on_library
 
 Log = Callable[[str], None] | None
 Events = Callable[[dict[str, Any]], None] | None  # core/training.py's job events plus generate/ingest/queries
-
-
-def default_demo_library() -> Path:
-    return Path(user_data_dir("MedHash", appauthor=False)) / "demo-library"
 
 
 def _say(log: Log, text: str) -> None:
