@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSize, Qt, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -32,13 +32,13 @@ from medhash_app.ui.case_view import CaseView
 from medhash_app.ui.filter_bar import FilterBar, FilterOptions, read_filter_options
 from medhash_app.ui.presentation import case_labels, short_date
 from medhash_app.ui.session_state import SessionState
-from medhash_app.ui.themes import set_role
+from medhash_app.ui.themes import set_role, style_toggle
 from medhash_app.ui.thumbnails import ThumbnailLoader
 from medhash_app.ui.workers import JobHandle, JobRunner
 
 PAGE_SIZE = 200
 THUMB = 128
-COLUMNS = ("Image", "File", "Modality", "View", "Date", "Labels", "Split")
+COLUMNS = ("Image", "File", "Modality", "View", "Side", "Date", "Labels", "Split", "Report")
 
 
 class CasePageModel(QAbstractTableModel):
@@ -48,9 +48,10 @@ class CasePageModel(QAbstractTableModel):
         super().__init__(parent)
         self.loader = loader
         self.cases: list[dict[str, Any]] = []
-        self._thumbs: dict[str, QPixmap] = {}
+        self._thumbs: dict[str, QIcon] = {}
         self._asked: set[str] = set()
         self._row_of: dict[str, int] = {}
+        self.captions = True  # grid: a caption under each thumbnail
         loader.loaded.connect(self._on_thumb)
 
     def set_cases(self, cases: list[dict[str, Any]]) -> None:
@@ -80,6 +81,10 @@ class CasePageModel(QAbstractTableModel):
         col = index.column()
         if role == Qt.ItemDataRole.DecorationRole and col == 0:
             return self._thumb(case)
+        if role == Qt.ItemDataRole.SizeHintRole and col == 0:  # the grid cell, before its thumbnail arrives
+            return QSize(THUMB + 16, THUMB + 36)
+        if role == Qt.ItemDataRole.TextAlignmentRole and col == 0:
+            return int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
         if role == Qt.ItemDataRole.UserRole:
             return case
         if role == Qt.ItemDataRole.ToolTipRole:
@@ -87,13 +92,17 @@ class CasePageModel(QAbstractTableModel):
                                          (case.get("report") or "")[:300]) if v)
         if role != Qt.ItemDataRole.DisplayRole:
             return None
-        if col == 0:  # the grid's caption
-            return " · ".join(v for v in (case.get("modality"), case.get("view"),
-                                          short_date(case.get("study_date"))) if v) or "case"
+        if col == 0 and not self.captions:  # the list shows the facts in their own columns
+            return None
+        if col == 0:  # the grid's caption: what the case shows, else its file name
+            facts = [case.get("modality"), case.get("view"), case.get("laterality"), short_date(case.get("study_date"))]
+            caption = " · ".join(str(v) for v in [*facts, ", ".join(case_labels(case))] if v)
+            return caption or Path(case.get("source_path") or "").name or "case"
         return [None, Path(case.get("source_path") or "").name, case.get("modality"), case.get("view"),
-                short_date(case.get("study_date")), ", ".join(case_labels(case)), case.get("split")][col]
+                case.get("laterality"), short_date(case.get("study_date")), ", ".join(case_labels(case)),
+                case.get("split"), " ".join((case.get("report") or "").split())[:200]][col]
 
-    def _thumb(self, case: dict[str, Any]) -> QPixmap | None:
+    def _thumb(self, case: dict[str, Any]) -> QIcon | None:
         case_id = str(case["id"])
         if case_id in self._thumbs:
             return self._thumbs[case_id]
@@ -106,8 +115,8 @@ class CasePageModel(QAbstractTableModel):
         row = self._row_of.get(case_id)
         if row is None:
             return
-        self._thumbs[case_id] = QPixmap.fromImage(image).scaled(
-            THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+        self._thumbs[case_id] = QIcon(QPixmap.fromImage(image).scaled(  # an icon: each view scales it
+            THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))
         index = self.index(row, 0)
         self.dataChanged.emit(index, index, [Qt.ItemDataRole.DecorationRole])
 
@@ -139,6 +148,7 @@ class CaseBrowser(QWidget):
         self.descending.setCheckable(True)
         self.descending.setText("Descending")
         self.descending.setAccessibleName("Sort descending")
+        style_toggle(self.descending)
         self.descending.toggled.connect(self.first_page)
         self.prev_button = QToolButton(self)
         self.prev_button.setText("◀ Previous")
@@ -159,7 +169,8 @@ class CaseBrowser(QWidget):
         self.grid.setMovement(QListView.Movement.Static)
         self.grid.setUniformItemSizes(True)
         self.grid.setIconSize(QSize(THUMB, THUMB))
-        self.grid.setGridSize(QSize(THUMB + 24, THUMB + 40))
+        self.grid.setGridSize(QSize(THUMB + 24, THUMB + 44))
+        self.grid.setSpacing(4)
         self.grid.setWordWrap(True)
         self.grid.setModel(self.model)
         self.table = QTableView(self)
@@ -173,9 +184,8 @@ class CaseBrowser(QWidget):
         self.table.setAlternatingRowColors(True)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.table.setColumnWidth(0, 150)
-        self.table.setColumnWidth(1, 220)
-        self.table.setColumnWidth(5, 260)
+        for column, width in ((0, 60), (1, 220), (2, 80), (3, 60), (4, 50), (5, 90), (6, 200), (7, 60)):
+            self.table.setColumnWidth(column, width)
         for view in (self.grid, self.table):
             view.doubleClicked.connect(self._on_double_click)
             view.activated.connect(self._on_double_click)
@@ -267,6 +277,9 @@ class CaseBrowser(QWidget):
         return "grid" if self.stack.currentWidget() is self.grid else "list"
 
     def set_view_mode(self, mode: str) -> None:
+        self.model.beginResetModel()
+        self.model.captions = mode == "grid"
+        self.model.endResetModel()
         self.stack.setCurrentWidget(self.grid if mode == "grid" else self.table)
         self.filters.set_view_mode(mode)
 

@@ -180,16 +180,17 @@ class LibraryTab(QWidget):
         from medhash_app.core.demo.location import default_demo_library, demo_library_ready
 
         folder = default_demo_library()
+        shown = f"~/{folder.relative_to(Path.home())}" if folder.is_relative_to(Path.home()) else str(folder)
         if demo_library_ready(folder):
             self.welcome_label.setText(
                 "New to MedHash? Open the demo library: generated chest radiographs and fundus photographs "
-                f"with reports and a trained model, ready to search. It is stored in {folder}.")
+                f"with reports and a trained model, ready to search. It is stored in {shown}.")
             self.demo_button.setText("Open demo library")
         else:
             self.welcome_label.setText(
                 "New to MedHash? Build the demo library: generated chest radiographs and fundus photographs "
                 "with reports, and a model trained on them (several minutes on a laptop CPU), stored in "
-                f"{folder}. Or create a library of your own below and import images into it.")
+                f"{shown}. Or create a library of your own below and import images into it.")
             self.demo_button.setText("Build demo library")
         self.demo_button.setAccessibleName(self.demo_button.text())
         self.welcome_box.show()
