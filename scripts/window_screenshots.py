@@ -1,0 +1,61 @@
+"""Screenshots of the real window (run under a display, e.g. xvfb-run with QT_QPA_PLATFORM=xcb).
+
+    xvfb-run -s "-screen 0 1600x1000x24" python scripts/window_screenshots.py first-launch OUT.png
+    xvfb-run -s "-screen 0 1600x1000x24" python scripts/window_screenshots.py browser OUT.png --library LIB
+
+`first-launch` expects an empty profile (HOME=$(mktemp -d)); `browser` opens LIB and shows the
+Library tab's case browser as a thumbnail grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("shot", choices=["first-launch", "browser", "browser-list"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--library", type=Path)
+    parser.add_argument("--theme", default="dark")
+    args = parser.parse_args()
+
+    from medhash_app.ui.app import make_application
+    from medhash_app.ui.settings import AppSettings
+    from medhash_app.ui.themes import apply_theme
+
+    app = make_application(sys.argv[:1])
+    settings = AppSettings()
+    apply_theme(app, args.theme)
+    from medhash_app.ui.main_window import MainWindow
+
+    window = MainWindow(settings, device="cpu")
+    window.resize(1500, 920)
+    window.show()
+
+    def save() -> None:
+        app.processEvents()
+        window.grab().save(str(args.out))
+        window.shutdown()
+        app.quit()
+
+    if args.shot == "first-launch":
+        window.offer_first_run()
+        QTimer.singleShot(1500, save)
+    else:
+        browser = window.library_tab.browser
+        window.tabs.setCurrentWidget(window.library_tab)
+        window.library_tab.sections.setCurrentWidget(browser)
+        browser.set_view_mode("list" if args.shot == "browser-list" else "grid")
+        browser.pageShown.connect(lambda _page: QTimer.singleShot(4000, save))
+        window.open_library(args.library)
+    QTimer.singleShot(60_000, app.quit)
+    return int(app.exec())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
