@@ -4,7 +4,8 @@
     xvfb-run -s "-screen 0 1600x1000x24" python scripts/window_screenshots.py browser OUT.png --library LIB
 
 `first-launch` expects an empty profile (HOME=$(mktemp -d)); `browser` opens LIB and shows the
-Library tab's case browser as a thumbnail grid.
+Library tab's case browser as a thumbnail grid (`browser-list`: as a list); `light-live` switches
+from the dark to the light theme while the window runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from PySide6.QtCore import QTimer
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("shot", choices=["first-launch", "browser", "browser-list"])
+    parser.add_argument("shot", choices=["first-launch", "browser", "browser-list", "light-live"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--library", type=Path)
     parser.add_argument("--theme", default="dark")
@@ -46,6 +47,9 @@ def main() -> int:
     if args.shot == "first-launch":
         window.offer_first_run()
         QTimer.singleShot(1500, save)
+    elif args.shot == "light-live":  # start in the dark theme, switch to light while running
+        QTimer.singleShot(800, lambda: window.set_theme("light"))
+        QTimer.singleShot(2000, save)
     else:
         browser = window.library_tab.browser
         window.tabs.setCurrentWidget(window.library_tab)
