@@ -31,6 +31,20 @@ def make_png(path: Path, seed: int, size: int = 48, color: bool = False) -> Path
     return path
 
 
+def fundus_png(path: Path, size: int = 128) -> Path:
+    """A fundus-like photograph: an orange-red disc (brighter optic disc, dark vessels) on black."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2) / (size / 2)
+    img = np.zeros((size, size, 3), np.uint8)
+    inside = r < 0.92
+    img[inside] = (190, 80, 30)
+    img[np.hypot(yy - size / 2, xx - size * 0.7) < size * 0.08] = (250, 220, 150)
+    img[inside & (np.abs(yy - size / 2 - 10 * np.sin(xx / 9)) < 1.5)] = (110, 30, 15)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+    return path
+
+
 def sha_id(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:32]
 
@@ -235,15 +249,20 @@ def test_reports_empty_long_foreign_and_json_sidecars(tmp_path: Path, lib: Libra
     labelled = case["labelled"]
     assert (labelled["report"], labelled["labels"], labelled["label_source"]) == \
         ("FINDINGS: Heart is enlarged.", ["Cardiomegaly"], "dataset")
-    assert labelled["view"] == "AP" and labelled["extra"] == {"site": "north"}
+    extra = dict(labelled["extra"])
+    assert 0 < extra.pop("domain_confidence") <= 1  # the image check's guess, with how sure it is
+    assert labelled["view"] == "AP" and extra == {"site": "north"}
 
 
 def test_domain_override_and_colour_detection(tmp_path: Path, lib: Library) -> None:
     make_png(tmp_path / "a" / "grey.png", 1)
-    make_png(tmp_path / "a" / "colour.png", 2, color=True)
+    make_png(tmp_path / "a" / "colour.png", 2, color=True)  # colour noise: no fundus photograph
+    fundus_png(tmp_path / "a" / "eye.png")
     ingest([tmp_path / "a"], lib, workers=1)
     assert lib.get_case(sha_id(tmp_path / "a/grey.png"))["domain"] == "chest"
-    assert lib.get_case(sha_id(tmp_path / "a/colour.png"))["domain"] == "fundus"
+    assert lib.get_case(sha_id(tmp_path / "a/colour.png"))["domain"] == "other"
+    eye = lib.get_case(sha_id(tmp_path / "a/eye.png"))
+    assert eye["domain"] == "fundus" and eye["extra"]["domain_confidence"] >= 0.8
     make_png(tmp_path / "b" / "x.png", 3)
     (tmp_path / "b" / "x.txt").write_text("Large pleural effusion.")
     ingest([tmp_path / "b"], lib, domain="other", workers=1)

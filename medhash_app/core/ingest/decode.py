@@ -22,6 +22,7 @@ from typing import Any, Self
 import numpy as np
 
 from medhash_app.core.errors import MedHashError
+from medhash_app.core.image_stats import guess_domain
 from medhash_app.core.imaging import load_image, model_image, thumbnail_jpeg
 from medhash_app.core.ingest.ingest_log import captured_warnings, failure_detail
 from medhash_app.core.library import atomic_write, input_rel_path, thumb_rel_path
@@ -49,6 +50,7 @@ class DecodeResult:
     case_id: str
     facts: dict[str, Any] = field(default_factory=dict)
     looks_grey: bool = False
+    domain_guess: tuple[str, float, str] | None = None  # (domain, confidence, why) from core/image_stats.py
     reason: str | None = None
     library_problem: str | None = None
     detail: str | None = None  # the exception behind `reason`, redacted: for logs/ingest.log only
@@ -90,7 +92,9 @@ def _decode_job(job: DecodeJob) -> DecodeResult:
         return DecodeResult(job.case_id, library_problem=f"cannot write into the library ({exc.strerror or exc})")
     pixels = np.asarray(model, dtype=np.int16)
     grey = int(np.abs(pixels - pixels[..., :1]).max()) <= _GREY_TOLERANCE
-    return DecodeResult(job.case_id, facts=image.facts.to_dict(), looks_grey=grey)
+    guess = guess_domain(model)
+    return DecodeResult(job.case_id, facts=image.facts.to_dict(), looks_grey=grey,
+                        domain_guess=(guess.domain, guess.confidence, guess.reason))
 
 
 _PR_SET_PDEATHSIG = 1

@@ -21,20 +21,32 @@ def clean_report(report: str | None) -> str | None:
     return report.strip() if report and report.strip() else None
 
 
-def resolve_domain(explicit: str | None, item: IngestItem, facts: dict[str, Any], looks_grey: bool) -> str:
+def resolve_domain(explicit: str | None, item: IngestItem, facts: dict[str, Any], looks_grey: bool,
+                   guess: tuple[str, float, str] | None = None) -> str:
     """The user's choice, else the source's, else the file's: DICOM CR/DX of the chest (or with no
-    body part) is chest, OP is fundus, other DICOM is "other"; for PNG/JPEG a grey image is taken
-    for a radiograph and a colour one for a fundus photograph."""
+    body part) is chest, OP is fundus, other DICOM is "other"; for PNG/JPEG the image check
+    (core/image_stats.py: fundus = colour, red, a round field of view on black corners; chest = grey
+    filled edge to edge; CT/MR slices on black and other pictures = "other"), or, without one, grey =
+    chest and colour = fundus."""
+    return domain_and_confidence(explicit, item, facts, looks_grey, guess)[0]
+
+
+def domain_and_confidence(explicit: str | None, item: IngestItem, facts: dict[str, Any], looks_grey: bool,
+                          guess: tuple[str, float, str] | None = None) -> tuple[str, str, float | None]:
+    """(domain, where it came from: user / dataset / dicom / image / grey-colour, confidence 0..1 for
+    the image check, else None)."""
     if explicit:
-        return explicit
+        return explicit, "user", None
     if item.metadata.get("domain") in DOMAINS:
-        return str(item.metadata["domain"])
+        return str(item.metadata["domain"]), "dataset", None
     if facts.get("file_format") == "DICOM":
         modality, body = (facts.get("modality") or "").upper(), (facts.get("body_part") or "").upper()
         if modality in _CHEST_MODALITIES and (not body or "CHEST" in body or "THORAX" in body):
-            return "chest"
-        return "fundus" if modality in _FUNDUS_MODALITIES else "other"
-    return "chest" if looks_grey else "fundus"
+            return "chest", "dicom", None
+        return ("fundus" if modality in _FUNDUS_MODALITIES else "other"), "dicom", None
+    if guess is not None:
+        return guess[0], "image", float(guess[1])
+    return ("chest" if looks_grey else "fundus"), "grey-colour", None
 
 
 def resolve_labels(item: IngestItem, report: str | None, domain: str) -> tuple[list[str], str]:
@@ -55,7 +67,11 @@ def build_row(item: IngestItem, result: DecodeResult, *, domain: str | None,
     again (docs/architecture.md, "What the library stores about patients")."""
     facts, meta = result.facts, item.metadata
     report = clean_report(item.report)
-    resolved = resolve_domain(domain, item, facts, result.looks_grey)
+    resolved, domain_source, confidence = domain_and_confidence(domain, item, facts, result.looks_grey,
+                                                                result.domain_guess)
+    extra = dict(meta.get("extra") or {})
+    if domain_source == "image":  # the domain is the image check's guess: say how sure (docs/architecture.md)
+        extra["domain_confidence"] = round(float(confidence or 0.0), 2)
     labels, label_source = resolve_labels(item, report, resolved)
     pid = meta.get("patient_id")
     return {
@@ -71,6 +87,6 @@ def build_row(item: IngestItem, result: DecodeResult, *, domain: str | None,
         "age": meta.get("age") if meta.get("age") is not None else facts.get("age"),
         "sex": meta.get("sex") or facts.get("sex"),
         "patient_key": pseudonyms.patient(pid) if pid else facts.get("patient_key"),
-        "split": meta.get("split"), "extra": meta.get("extra") or {},
+        "split": meta.get("split"), "extra": extra,
         "input_path": input_rel_path(result.case_id), "thumb_path": thumb_rel_path(result.case_id),
     }

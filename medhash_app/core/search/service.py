@@ -17,7 +17,17 @@ import numpy as np
 
 from medhash_app.core.encoder.service import EncodedBatch, EncoderService
 from medhash_app.core.errors import MedHashError, ModelError
+from medhash_app.core.image_stats import (
+    PERCENTILE,
+    StatsReference,
+    build_stats_reference,
+    features,
+    file_features,
+)
+from medhash_app.core.image_stats import REFERENCE_MAX as STATS_REFERENCE_MAX
+from medhash_app.core.imaging import load_image, model_image
 from medhash_app.core.index import BinaryIndexCache
+from medhash_app.core.ingest.decode import MODEL_SIZE
 from medhash_app.core.library import Library
 from medhash_app.core.library.filters import CaseFilter
 from medhash_app.core.search.ood import (
@@ -98,6 +108,9 @@ class SearchService:
         ranked = [self._rank(model["id"], m, bits, encoded.codes[bits][0], shortlist, flt) for m in targets]
         hits = self._hits(ranked, bits, kind, query, encoded, model["id"], findings)
         ood, reason, score, threshold = self._domain_check(model["id"], kind, bits, encoded.codes[bits][0])
+        if kind == "image" and not ood:  # the model-free check: codes alone miss most foreign images
+            looks_out, looks_reason = self._image_check(query)
+            ood, reason = (True, looks_reason) if looks_out else (ood if ood is not None else looks_out, reason)
         for hit in hits:
             ref = self._match_reference(model["id"], kind, hit.matched, bits)
             hit.closer_than = None if ref is None else ref.closer_than(hit.distance)
@@ -121,6 +134,38 @@ class SearchService:
         score = float(knn_scores(q[None, :], loaded.codes, ref.k)[0])
         out = ref.is_out(score)
         return out, (ref.reason(score, kind, bits) if out else None), round(score, 3), round(ref.threshold, 3)
+
+    def _image_check(self, query: SearchQuery) -> tuple[bool | None, str | None]:
+        """Does the query image look like any library image (colour, grey level, field of view,
+        texture; core/image_stats.py)? None when the library has too few images to judge."""
+        key = ("stats", self.library.count_cases(), self._data_version)
+        if key not in self._refs:
+            self._refs = {k: v for k, v in self._refs.items() if k[0] != "stats"}
+            self._refs[key] = self._stats_reference()
+        ref = self._refs[key]
+        if not isinstance(ref, StatsReference) or query.image_path is None:
+            return None, None
+        img = model_image(load_image(query.image_path, frame=query.frame), MODEL_SIZE)
+        score = ref.score(features(img))
+        if score <= ref.threshold:
+            return False, None
+        return True, (f"This image does not look like any image in this library: its colour, grey levels, field of "
+                      f"view and texture are {score:.1f} units from its 5 nearest library images, more than "
+                      f"{PERCENTILE:g} % of the library's own images are ({ref.threshold:.1f} or fewer). The "
+                      f"matches below are the least unlike cases, not similar ones.")
+
+    def _stats_reference(self) -> StatsReference | None:
+        rows = [c["input_path"] for c in self.library.iter_cases() if c.get("input_path")]
+        if len(rows) > STATS_REFERENCE_MAX:
+            keep = np.random.default_rng(0).choice(len(rows), STATS_REFERENCE_MAX, replace=False)
+            rows = [rows[i] for i in sorted(keep)]
+        feats = []
+        for rel in rows:
+            try:
+                feats.append(file_features(self.library.folder / rel))
+            except OSError:
+                continue  # a missing model input: the case is left out of the reference
+        return build_stats_reference(np.stack(feats)) if feats else None
 
     def _match_reference(self, model_id: int, kind: str, target: str, bits: int) -> MatchReference | None:
         q, t = self.warm(model_id, kind, bits), self.warm(model_id, target, bits)
