@@ -19,7 +19,7 @@ from PySide6.QtCore import QTimer
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("shot", choices=["first-launch", "browser", "browser-list", "light-live"])
+    parser.add_argument("shot", choices=["first-launch", "browser", "browser-list", "browser-case", "light-live"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--library", type=Path)
     parser.add_argument("--theme", default="dark")
@@ -55,7 +55,20 @@ def main() -> int:
         window.tabs.setCurrentWidget(window.library_tab)
         window.library_tab.sections.setCurrentWidget(browser)
         browser.set_view_mode("list" if args.shot == "browser-list" else "grid")
-        browser.pageShown.connect(lambda _page: QTimer.singleShot(4000, save))
+        if args.shot == "browser-case":  # double-click's case view of the first case
+            def save_case() -> None:
+                app.processEvents()
+                browser.case_dialog.grab().save(str(args.out))
+                window.shutdown()
+                app.quit()
+
+            def open_first(_page) -> None:
+                browser.open_case(browser.model.cases[0])
+                QTimer.singleShot(4000, save_case)
+
+            browser.pageShown.connect(open_first)
+        else:
+            browser.pageShown.connect(lambda _page: QTimer.singleShot(4000, save))
         window.open_library(args.library)
     QTimer.singleShot(60_000, app.quit)
     return int(app.exec())
