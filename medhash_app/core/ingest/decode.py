@@ -12,7 +12,8 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,27 +127,78 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-class Decoder:
-    """Runs decode jobs inline (`workers` <= 1) or in a process pool started on first need."""
+FILE_TIME_LIMIT_S = 300.0  # one file's decode; a 2 GiB multi-frame study decodes well inside it
 
-    def __init__(self, workers: int | None) -> None:
+
+def timed_out(job: DecodeJob, limit_s: float) -> DecodeResult:
+    return DecodeResult(job.case_id, reason=f"decoding took longer than {limit_s:g} s, so the file was skipped "
+                                            "(a damaged or pathological file makes some decoders loop)")
+
+
+class Decoder:
+    """Runs decode jobs in a process pool started on first need (inline with `workers` 1).
+
+    In the pool every file has a time limit (`limit_s`): when no file finishes within it, the busy
+    workers are killed and each unfinished file is retried alone under the same limit, so only a
+    file that hangs by itself is reported (`timed_out`) and the import goes on. Inline decoding
+    (`workers` 1, the tests' and debuggers' choice) has no limit.
+    """
+
+    def __init__(self, workers: int | None, limit_s: float = FILE_TIME_LIMIT_S,
+                 job_fn: Callable[[DecodeJob], DecodeResult] = decode_job) -> None:
         self.workers = min(os.cpu_count() or 1, 4) if workers is None else max(1, workers)
+        self.limit_s, self.job_fn = limit_s, job_fn
         self._pool: Executor | None = None
 
     def run(self, jobs: Sequence[DecodeJob]) -> list[DecodeResult]:
         """Results in the order of `jobs`."""
-        if self.workers <= 1 or len(jobs) <= 1:
-            return [decode_job(job) for job in jobs]
+        if self.workers <= 1:
+            return [self.job_fn(job) for job in jobs]
         try:
-            return list(self._executor().map(decode_job, jobs))
+            return self._timed(jobs)
         except BrokenProcessPool:
             self._restart()
             if not self._pool_starts():  # workers cannot start here (e.g. no importable __main__)
                 self.workers = 1
-                return [decode_job(job) for job in jobs]
+                return [self.job_fn(job) for job in jobs]
             return [self._isolated(job) for job in jobs]
         except Exception:  # noqa: BLE001 - e.g. a worker's result that could not be pickled back
             return [self._isolated(job) for job in jobs]
+
+    def _timed(self, jobs: Sequence[DecodeJob]) -> list[DecodeResult]:
+        """Every job through the pool; when nothing finishes for `limit_s`, the rest one by one."""
+        self._pool_starts()  # workers up first: their start (imports) is not a file's decode time
+        futures: dict[Future, int] = {self._executor().submit(self.job_fn, job): i for i, job in enumerate(jobs)}
+        results: list[DecodeResult | None] = [None] * len(jobs)
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=self.limit_s, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[futures[future]] = future.result()
+            if not done:  # some worker is stuck: stop them all, then find the culprit(s) alone
+                self._kill()
+                for future in pending:
+                    results[futures[future]] = self._alone(jobs[futures[future]])
+                break
+        return [r for r in results if r is not None]
+
+    def _alone(self, job: DecodeJob) -> DecodeResult:
+        self._pool_starts()
+        try:
+            return self._executor().submit(self.job_fn, job).result(timeout=self.limit_s)
+        except TimeoutError:
+            self._kill()
+            return timed_out(job, self.limit_s)
+        except BrokenProcessPool:
+            self._restart()
+            return DecodeResult(job.case_id, reason="the decoder crashed on this file (its worker process died)")
+
+    def _kill(self) -> None:
+        """Stop the pool's workers now (a hung decoder never returns to take a shutdown request)."""
+        if self._pool is not None:
+            for process in list(getattr(self._pool, "_processes", {}).values()):  # no public way before 3.14
+                process.kill()
+        self._restart()
 
     def _pool_starts(self) -> bool:
         try:
@@ -157,8 +209,12 @@ class Decoder:
 
     def _isolated(self, job: DecodeJob) -> DecodeResult:
         """After a worker died, retry one file per call so only the culprit fails."""
+        self._pool_starts()
         try:
-            return self._executor().submit(decode_job, job).result()
+            return self._executor().submit(self.job_fn, job).result(timeout=self.limit_s)
+        except TimeoutError:
+            self._kill()
+            return timed_out(job, self.limit_s)
         except BrokenProcessPool:
             self._restart()
             return DecodeResult(job.case_id, reason="the decoder crashed on this file (its worker process died)")
