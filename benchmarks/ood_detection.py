@@ -204,11 +204,16 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-chest-library", action="store_true")
+    ap.add_argument("--stats-margin", type=float, help="override core/image_stats.py MARGIN (threshold study)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.stats_margin is not None:
+        from medhash_app.core import image_stats
+
+        image_stats.MARGIN = args.stats_margin
     require_shared("odir5k-256", "pairs.jsonl")
     dicom = require_shared("dicom")
     medpix = require_shared("medpix2", "pairs.jsonl")
@@ -264,7 +269,7 @@ def main() -> None:
                      f"library codes of the query's kind; threshold = 99th percentile of held-out library "
                      f"items' leave-one-out scores + 1 bit. Image queries are also checked by image statistics "
                      f"(core/image_stats.py: 30 model-free numbers; k-NN distance to the library's images, "
-                     f"threshold 1.25 x the 99th percentile of held-out library images); search reports a "
+                     f"threshold the 99th percentile of held-out library images); search reports a "
                      f"query out of domain when either check says so.")
         md.heading("Fundus library")
         md.table(headers, rows)

@@ -36,10 +36,10 @@ def ct_slice(rng: np.random.Generator, size: int = 256) -> Image.Image:
 
 def test_stats_reference_flags_foreign_images_and_few_in_domain_ones(tmp_path) -> None:
     rng = np.random.default_rng(0)
-    ref = build_stats_reference(np.stack([features(fundus(rng)) for _ in range(120)]))
+    ref = build_stats_reference(np.stack([features(fundus(rng)) for _ in range(400)]))
     assert ref is not None
-    fresh = [ref.score(features(fundus(rng))) > ref.threshold for _ in range(40)]
-    assert sum(fresh) <= 2
+    fresh = [ref.score(features(fundus(rng))) > ref.threshold for _ in range(100)]
+    assert sum(fresh) <= 5  # the threshold is the 99th percentile of held-out library images
     foreign = [radiograph(rng), ct_slice(rng), Image.open(screenshot_png(tmp_path / "s.png"))]
     assert all(ref.score(features(img)) > ref.threshold for img in foreign)
 

@@ -26,7 +26,7 @@ from PIL import Image
 SIDE = 64
 K = 5
 PERCENTILE = 99.0
-MARGIN = 1.25  # the threshold is this times the percentile (feature distances are continuous)
+MARGIN = 1.0  # the threshold is this times the percentile (1.25 missed half the screenshots: ood_detection.md)
 CALIBRATION = 400
 MIN_REFERENCE = 20
 REFERENCE_MAX = 3000  # library images the reference keeps (a fixed sample of bigger libraries)
