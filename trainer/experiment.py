@@ -266,7 +266,8 @@ class _Timer:
         return (self.epoch_marks[-1] - self.loop_start) / len(self.epoch_marks)
 
 
-def _multi_hot(samples: Sequence[Sample], names: Sequence[str]) -> np.ndarray:
+def multi_hot(samples: Sequence[Sample], names: Sequence[str]) -> np.ndarray:
+    """(N, C) uint8: row i has a 1 in the column of each of sample i's labels found in `names`."""
     index = {n: i for i, n in enumerate(names)}
     out = np.zeros((len(samples), len(names)), np.uint8)
     for row, s in enumerate(samples):
@@ -292,7 +293,7 @@ def evaluate_in_memory(model: Any, splits: Splits, *, batch_size: int = 64, devi
                                  cache=cache)
     encode_ms = (time.perf_counter() - started) * 1000.0 / len(pairs)
     names = sorted({label for s in pairs for label in s.labels})
-    labels = _multi_hot(pairs, names)
+    labels = multi_hot(pairs, names)
     q_idx, db_idx = np.arange(len(splits.query)), np.arange(len(splits.query), len(pairs))
     metrics, pr = _metrics(image, text, labels, q_idx, db_idx)
     bits = max(image)
@@ -358,7 +359,7 @@ def _metrics(image: dict[int, np.ndarray], text: dict[int, np.ndarray], labels: 
 def per_class_ap(image: np.ndarray, text: np.ndarray, labels: np.ndarray, names: Sequence[str],
                  q_idx: np.ndarray, db_idx: np.ndarray, splits: Splits) -> dict[str, dict[str, Any]]:
     """Per class c: mean AP over the queries labelled c, relevant = retrieval items labelled c."""
-    train_counts = _multi_hot(splits.train, names).sum(axis=0)
+    train_counts = multi_hot(splits.train, names).sum(axis=0)
     out = {}
     for c, name in enumerate(names):
         rows = q_idx[labels[q_idx, c] > 0]
@@ -538,5 +539,5 @@ def _emit(progress: Progress | None, event: dict[str, Any]) -> None:
 
 
 __all__ = ["EVAL_K", "GridOutcome", "GridRun", "GridSpec", "Variant", "evaluate_in_memory",
-           "fingerprint", "machine_info", "method_components", "parse_list", "parse_methods", "per_class_ap", "query_latency", "run_configs", "run_grid",
+           "fingerprint", "machine_info", "method_components", "multi_hot", "parse_list", "parse_methods", "per_class_ap", "query_latency", "run_configs", "run_grid",
            "run_one", "samples_hash"]

@@ -46,7 +46,7 @@ from trainer.distributed import resolve_device
 from trainer.engine import apply_method_defaults, encode_dataset, fit
 from trainer.errors import DataError
 from trainer.evaluate import distance_histograms, hamming_distances, pack_signs, per_query_ap
-from trainer.experiment import Variant, machine_info, per_class_ap, samples_hash
+from trainer.experiment import Variant, machine_info, multi_hot, per_class_ap, samples_hash
 from trainer.models.registry import get_method
 from trainer.models.views import LEAK_OPTION  # TriPAH / PromptHash option: image codes see the paired report
 
@@ -190,11 +190,7 @@ def evaluate_fair(model: Any, splits: Splits, *, batch_size: int, device: torch.
     pairs = [*splits.query, *splits.retrieval]
     image, text = encode_dataset(model, pairs, batch_size=batch_size, device=device)
     names = sorted({label for s in pairs for label in s.labels})
-    labels = np.zeros((len(pairs), len(names)), np.uint8)
-    index = {n: i for i, n in enumerate(names)}
-    for row, s in enumerate(pairs):
-        for label in s.labels:
-            labels[row, index[label]] = 1
+    labels = multi_hot(pairs, names)
     nq = len(splits.query)
     metrics, per_query, recall = {}, {}, {}
     for bits in sorted(image):

@@ -21,20 +21,11 @@ import torch.nn.functional as F
 from trainer.config import ModelConfig
 from trainer.data.manifest import Sample
 from trainer.data.splits import Splits
+from trainer.experiment import multi_hot
 from trainer.feature_cache import FeatureCache
 from trainer.models import build_model
 
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
-
-
-def multi_hot(samples: Sequence[Sample], names: Sequence[str]) -> np.ndarray:
-    index = {n: i for i, n in enumerate(names)}
-    out = np.zeros((len(samples), len(names)), np.float32)
-    for row, s in enumerate(samples):
-        for label in s.labels:
-            if label in index:
-                out[row, index[label]] = 1.0
-    return out
 
 
 @torch.no_grad()
@@ -123,7 +114,7 @@ def probe_ceiling(splits: Splits, backbone: str, cache_dir: str, *, weights_path
     for name, part in parts.items():
         bounds[name] = slice(start, start + len(part))
         start += len(part)
-    y = {name: multi_hot(part, names) for name, part in parts.items()}
+    y = {name: multi_hot(part, names).astype(np.float32) for name, part in parts.items()}
     out: dict[str, Any] = {"labels": len(names), "feature_dims": {"image": img.shape[1], "text": txt.shape[1]}}
     probs = {}
     for modality, x in (("image", img), ("text", txt)):

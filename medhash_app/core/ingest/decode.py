@@ -11,8 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -178,20 +177,9 @@ class Decoder:
             if not done:  # some worker is stuck: stop them all, then find the culprit(s) alone
                 self._kill()
                 for future in pending:
-                    results[futures[future]] = self._alone(jobs[futures[future]])
+                    results[futures[future]] = self._isolated(jobs[futures[future]])
                 break
         return [r for r in results if r is not None]
-
-    def _alone(self, job: DecodeJob) -> DecodeResult:
-        self._pool_starts()
-        try:
-            return self._executor().submit(self.job_fn, job).result(timeout=self.limit_s)
-        except TimeoutError:
-            self._kill()
-            return timed_out(job, self.limit_s)
-        except BrokenProcessPool:
-            self._restart()
-            return DecodeResult(job.case_id, reason="the decoder crashed on this file (its worker process died)")
 
     def _kill(self) -> None:
         """Stop the pool's workers now (a hung decoder never returns to take a shutdown request)."""
@@ -208,7 +196,8 @@ class Decoder:
             return False
 
     def _isolated(self, job: DecodeJob) -> DecodeResult:
-        """After a worker died, retry one file per call so only the culprit fails."""
+        """After a worker died or hung, retry one file per call (under the time limit) so only the
+        culprit fails."""
         self._pool_starts()
         try:
             return self._executor().submit(self.job_fn, job).result(timeout=self.limit_s)
