@@ -122,3 +122,36 @@ def test_a_long_reason_stays_on_one_line(tmp_path: Path) -> None:
     deep.parent.mkdir(parents=True)
     deep.write_text("report\nno image column\n", encoding="utf-8")
     one_line_error(["ingest", str(deep), "-l", str(tmp_path / "lib")], str(deep), "'image' column")
+
+
+def _ct_with(dicom_dir: Path, out: Path, edit) -> Path:
+    import pydicom
+
+    ds = pydicom.dcmread(dicom_dir / "transfer_syntax_misc" / "CT_small.dcm")
+    edit(ds)
+    ds.save_as(out, enforce_file_format=False)
+    return out
+
+
+@pytest.mark.shared_data
+def test_a_uid_element_holding_a_number_is_read_not_a_traceback(dicom_dir: Path, tmp_path: Path) -> None:
+    def number_uid(ds) -> None:  # (0008,0016) SOP Class UID written as US 5
+        del ds["SOPClassUID"]
+        ds.add_new(0x00080016, "US", 5)
+
+    bad = _ct_with(dicom_dir, tmp_path / "uid_number.dcm", number_uid)
+    result = runner.invoke(app, ["info", str(bad), "--json"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert json.loads(result.stdout)["file_format"] == "DICOM"
+
+
+@pytest.mark.shared_data
+def test_an_unknown_vr_in_the_pixel_description_is_one_clear_line(dicom_dir: Path, tmp_path: Path) -> None:
+    good = _ct_with(dicom_dir, tmp_path / "plain.dcm", lambda ds: None)
+    data = good.read_bytes()
+    columns = bytes([0x28, 0x00, 0x11, 0x00]) + b"US"  # (0028,0011) Columns, explicit VR
+    at = data.find(columns)
+    assert at > 0
+    bad = tmp_path / "vr_ts.dcm"
+    bad.write_bytes(data[:at + 4] + b"TS" + data[at + 6:])  # a VR no standard has
+    one_line_error(["info", str(bad)], "vr_ts.dcm", "cannot be interpreted")
