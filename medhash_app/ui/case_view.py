@@ -134,17 +134,7 @@ class CaseView(QWidget):
                                        f"matched by {hit.matched}") if v)
         self.case_pane.report.setHtml(report_html(f"Rank {hit.rank}", facts, case_labels(case),
                                                   case.get("report") or "", findings))
-        self.case_pane.show_text_only("Loading image…")
-        if self._job is not None:
-            self._job.cancel()
-        path = self._image_path(case)
-        if path is None:
-            self.case_pane.show_text_only("The image of this case is not available")
-        else:
-            job = self.runner.start("load case", lambda _p, _c: load_for_viewer(path))
-            job.succeeded.connect(lambda value, p=path: self._on_loaded(p, value))
-            job.failed.connect(self._on_failed)
-            self._job = job
+        self._load_image(case)
         self.hitShown.emit(hit)
 
     def load_case(self, case: dict[str, Any], title: str = "Case") -> None:
@@ -155,6 +145,10 @@ class CaseView(QWidget):
         facts = " · ".join(v for v in (case.get("modality"), case.get("view"), case.get("laterality"),
                                        short_date(case.get("study_date")), case.get("split")) if v)
         self.case_pane.report.setHtml(report_html(title, facts, case_labels(case), case.get("report") or "", []))
+        self._load_image(case)
+
+    def _load_image(self, case: dict[str, Any]) -> None:
+        """Load the case's image off the GUI thread (cancelling an earlier load), or say it is missing."""
         self.case_pane.show_text_only("Loading image…")
         if self._job is not None:
             self._job.cancel()

@@ -1,7 +1,7 @@
 """Screenshots of the real window (run under a display, e.g. xvfb-run with QT_QPA_PLATFORM=xcb).
 
-    xvfb-run -s "-screen 0 1600x1000x24" python scripts/window_screenshots.py first-launch OUT.png
-    xvfb-run -s "-screen 0 1600x1000x24" python scripts/window_screenshots.py browser OUT.png --library LIB
+    xvfb-run -s "-screen 0 1600x1000x24" python -m medhash_app.ui.window_screenshots first-launch OUT.png
+    xvfb-run -s "-screen 0 1600x1000x24" python -m medhash_app.ui.window_screenshots browser OUT.png --library LIB
 
 `first-launch` expects an empty profile (HOME=$(mktemp -d)); `browser` opens LIB and shows the
 Library tab's case browser as a thumbnail grid (`browser-list`: as a list); `light-live` switches
