@@ -414,10 +414,12 @@ def _print_demo_summary(outcome: dict) -> None:
 
 
 from medhash_app.cli_captions import register as register_captions
+from medhash_app.cli_pacs import register as register_pacs
 from medhash_app.cli_research import register as register_research
 
 register_research(app)
 register_captions(app)
+register_pacs(app)
 
 
 def _window_problem() -> str | None:

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -223,12 +224,28 @@ def ingest(paths: Sequence[str | Path], library: Library, *, domain: str | None 
     DatasetLayoutError for an unreadable layout (before anything is written) and LibraryError when
     the library cannot be written (the current batch is rolled back).
     """
+    _check_writable(library, domain)
+    with captured_warnings() as finding:  # sniffing files for DICOM content warns too
+        items = collect_items(paths, allowed_roots)
+    return ingest_items(items, library, domain=domain, progress=progress, cancel=cancel, batch_size=batch_size,
+                        workers=workers, finding=finding)
+
+
+def _check_writable(library: Library, domain: str | None) -> None:
     if domain is not None and domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
     if library.read_only:
         raise LibraryError(library.folder, "the library is open read-only; open it for writing to ingest")
-    with captured_warnings() as finding:  # sniffing files for DICOM content warns too
-        items = collect_items(paths, allowed_roots)
+
+
+def ingest_items(items: Sequence[IngestItem], library: Library, *, domain: str | None = None,
+                 progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+                 batch_size: int = 64, workers: int | None = None, decoder: Decoder | None = None,
+                 finding: Sequence[str] = ()) -> IngestReport:
+    """`ingest` of items a caller already has (the PACS receiver's files, with their origin in
+    `metadata["extra"]`): the same hashing, de-duplication, decode and one transaction per batch.
+    `decoder` lets a long-running caller keep one pool of decode workers across calls."""
+    _check_writable(library, domain)
     report = IngestReport(batch_id=uuid.uuid4().hex, total=len(items))
     withheld = sorted({str(c) for item in items for c in item.metadata.get("withheld") or ()})
     if withheld:
@@ -237,14 +254,14 @@ def ingest(paths: Sequence[str | Path], library: Library, *, domain: str | None 
     run, throttle = _Run(library, domain, report), _Throttle(progress)
     throttle.emit(report, force=True)  # "0 of N": the total is known before the first batch is done
     throttle.last = 0.0  # ... and the first batch still reports at once
-    run.log_file.write(None, "warning", finding)
+    run.log_file.write(None, "warning", list(finding))
     sweep_temp_files(library.folder)
-    with Decoder(workers) as decoder, ThreadPoolExecutor(_HASH_THREADS) as hasher:
+    with (nullcontext(decoder) if decoder else Decoder(workers)) as pool, ThreadPoolExecutor(_HASH_THREADS) as hasher:
         for start in range(0, len(items), max(1, batch_size)):
             if cancel is not None and cancel.is_set():
                 report.cancelled = True
                 break
-            run.batch(items[start:start + batch_size], decoder, hasher)
+            run.batch(items[start:start + batch_size], pool, hasher)
             throttle.emit(report)
     report.decoder_warnings = run.log_file.warnings
     report.log_file = str(run.log_file.path) if run.log_file.path.exists() else None

@@ -1,0 +1,210 @@
+"""Query and retrieve over DICOMweb (dicomweb-client): QIDO-RS finds studies by patient, date,
+modality and accession; WADO-RS pulls them instance by instance into a library.
+
+Why instance by instance: the total is known up front (a QIDO-RS instance query per study), the
+progress moves per instance, and a cancel or a lost connection stops between two instances, each
+of which is either a whole case or nothing (core/pacs/received.py). A pull run again skips what
+already arrived (the ingest's de-duplication).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from io import BytesIO
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+from medhash_app.core.ingest.decode import Decoder
+from medhash_app.core.library import Library
+from medhash_app.core.pacs.errors import PacsError
+from medhash_app.core.pacs.received import ReceivedStore
+
+TIMEOUT_S = (5.0, 60.0)  # (connect, read)
+RETRIES = 1
+_STUDY_FIELDS = {"0020000D": "study_uid", "00080020": "study_date", "00100010": "patient_name",
+                 "00100020": "patient_id", "00080050": "accession", "00080061": "modalities",
+                 "00081030": "description", "00201208": "instances"}
+
+
+@dataclass(frozen=True)
+class StudyMatch:
+    """One QIDO-RS study (shown to the user on their own screen; never stored in the library)."""
+
+    study_uid: str
+    study_date: str = ""
+    patient_name: str = ""
+    patient_id: str = ""
+    accession: str = ""
+    modalities: str = ""
+    description: str = ""
+    instances: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    done: int
+    total: int
+    added: int
+    duplicates: int
+    failed: int
+
+
+@dataclass
+class PullReport:
+    """`failed`: (which instance, reason) per refused instance; `cancelled` when the user stopped it."""
+
+    server: str
+    studies: int = 0
+    total: int = 0
+    added: int = 0
+    duplicates: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    cancelled: bool = False
+    case_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["failed"] = [{"instance": i, "reason": r} for i, r in self.failed]
+        return out
+
+
+def public_url(url: str) -> str:
+    """The URL without user name or password (what may be shown and stored in a case's origin)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def connect(url: str) -> DICOMwebClient:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PacsError(url, "a DICOMweb server is an http:// or https:// URL, e.g. http://pacs:8042/dicom-web")
+    session = requests.Session()
+    if parts.username:
+        session.auth = (parts.username, parts.password or "")
+    client = DICOMwebClient(url=public_url(url), session=session, timeout=TIMEOUT_S)
+    # dicomweb-client retries failed requests 5 times with exponential waits (about 30 s against a
+    # server that went away); one retry after 0.5 s covers a blip and reports a dead server at once.
+    client.set_http_retry_params(retry=True, max_attempts=RETRIES + 1, wait_exponential_multiplier=500)
+    return client
+
+
+def _network_error(url: str, exc: Exception, during: str) -> PacsError:
+    """One clear line for whatever requests raised."""
+    public = public_url(url)
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        code = exc.response.status_code
+        hint = {401: "the server wants a user name and password (http://user:password@host/...)",
+                403: "the server refuses this workstation", 404: "this URL is not a DICOMweb root, or the "
+                "study is not there (for Orthanc the root ends in /dicom-web)"}.get(code, "see the server's log")
+        return PacsError(public, f"the server answered HTTP {code} {during}: {hint}")
+    if isinstance(exc, requests.Timeout):
+        return PacsError(public, f"the server did not answer in time {during}")
+    return PacsError(public, f"the connection to the server failed {during} (is it running and reachable?)")
+
+
+def find_studies(url: str, *, patient_id: str | None = None, patient_name: str | None = None,
+                 date: str | None = None, modality: str | None = None, accession: str | None = None,
+                 limit: int = 100) -> list[StudyMatch]:
+    """QIDO-RS studies matching every filter given (DICOM matching: `*` wildcards in names and IDs,
+    dates as YYYYMMDD or a range YYYYMMDD-YYYYMMDD)."""
+    filters = {key: value for key, value in (("PatientID", patient_id), ("PatientName", patient_name),
+                                             ("StudyDate", date), ("ModalitiesInStudy", modality),
+                                             ("AccessionNumber", accession)) if value}
+    client = connect(url)
+    try:
+        found = client.search_for_studies(search_filters=filters, limit=limit,
+                                          fields=["StudyDescription", "NumberOfStudyRelatedInstances"])
+    except requests.RequestException as exc:
+        raise _network_error(url, exc, "during the study query") from exc
+    except ValueError as exc:  # not JSON: a web page rather than a DICOMweb server
+        raise PacsError(public_url(url), "the answer is not a DICOMweb study list (is the URL the DICOMweb root?)") from exc
+    return [_study(item) for item in found]
+
+
+def _value(item: dict[str, Any], tag: str) -> Any:
+    values = (item.get(tag) or {}).get("Value") or []
+    if not values:
+        return None
+    if len(values) > 1:
+        return "\\".join(str(v) for v in values)
+    value = values[0]
+    return value.get("Alphabetic", "") if isinstance(value, dict) else value
+
+
+def _study(item: dict[str, Any]) -> StudyMatch:
+    values = {name: _value(item, tag) for tag, name in _STUDY_FIELDS.items()}
+    count = values.pop("instances")
+    return StudyMatch(**{k: str(v or "") for k, v in values.items()},
+                      instances=int(count) if count is not None else None)
+
+
+def study_instances(client: DICOMwebClient, url: str, study_uid: str) -> list[tuple[str, str, str]]:
+    """(study, series, SOP instance UID) of every instance of a study, by QIDO-RS."""
+    try:
+        found = client.search_for_instances(study_instance_uid=study_uid, get_remaining=True)
+    except requests.RequestException as exc:
+        raise _network_error(url, exc, "during the instance query") from exc
+    out = []
+    for item in found:
+        series, sop = _value(item, "0020000E"), _value(item, "00080018")
+        if series and sop:
+            out.append((study_uid, str(series), str(sop)))
+    return out
+
+
+def pull_studies(url: str, study_uids: Sequence[str], library: Library, *,
+                 progress: Callable[[PullProgress], None] | None = None,
+                 cancel: threading.Event | None = None, workers: int = 1) -> PullReport:
+    """WADO-RS every instance of `study_uids` into `library`. Stops between instances on `cancel`;
+    raises PacsError (after keeping what arrived) when the server stops answering."""
+    client, report = connect(url), PullReport(server=public_url(url), studies=len(study_uids))
+    instances = [inst for uid in study_uids for inst in study_instances(client, url, uid)]
+    report.total = len(instances)
+    with Decoder(workers) as decoder:
+        store = ReceivedStore(library, decoder)
+        _emit(progress, report, 0)
+        for done, (study, series, sop) in enumerate(instances):
+            if cancel is not None and cancel.is_set():
+                report.cancelled = True
+                break
+            _pull_one(client, store, report, (study, series, sop), f"instance {done + 1} of {len(instances)}")
+            _emit(progress, report, done + 1)
+    return report
+
+
+def _pull_one(client: DICOMwebClient, store: ReceivedStore, report: PullReport, uids: tuple[str, str, str],
+              label: str) -> None:
+    try:
+        dataset = client.retrieve_instance(*uids)
+    except requests.RequestException as exc:
+        kept = f"; the {report.added + report.duplicates} instance(s) before it are in the library, run the " \
+               "same pull again to fetch the rest"
+        error = _network_error(report.server, exc, f"while sending {label}")
+        raise PacsError(error.item, error.reason + kept) from exc
+    except Exception as exc:  # noqa: BLE001 - the server's bytes are not a DICOM file: this instance fails
+        report.failed.append((label, f"the server sent something that is not a readable DICOM instance ({exc})"))
+        return
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    outcome = store.store(buffer.getvalue(), {"via": "dicomweb", "server": report.server})
+    if outcome.status == "failed":
+        report.failed.append((label, outcome.reason or "refused"))
+        return
+    report.added += outcome.status == "added"
+    report.duplicates += outcome.status == "duplicate"
+    report.case_ids.append(outcome.case_id or "")
+
+
+def _emit(progress: Callable[[PullProgress], None] | None, report: PullReport, done: int) -> None:
+    if progress is not None:
+        progress(PullProgress(done, report.total, report.added, report.duplicates, len(report.failed)))
