@@ -122,5 +122,6 @@ class MedHashSession:
         self.searcher.invalidate()
         for row in self.index_status():
             self.searcher.indexes.remove(row["key"])
+            self.library.forget_code_file(row["model_id"], row["modality"], row["bits"])
             if row["count"]:
                 self.searcher.warm(row["model_id"], row["modality"], row["bits"])

@@ -81,8 +81,12 @@ class BinaryIndexCache:
         return self.folder / f"{key}.faissbin", self.folder / f"{key}.json"
 
     def get(self, key: str, ids: np.ndarray, codes: np.ndarray, kind: str = "flat",
-            **options: Any) -> BinaryIndex:
-        """A ready index over ``codes`` (row i is named ``ids[i]``), from disk when it verifies."""
+            checksum: str | None = None, **options: Any) -> BinaryIndex:
+        """A ready index over ``codes`` (row i is named ``ids[i]``), from disk when it verifies.
+
+        ``checksum``: a digest of (ids, codes) the caller already holds (the library's codes file has
+        one), used instead of hashing them again; default ``content_checksum``. Any digest that changes
+        with the content will do: a cache stamped with another one is rebuilt, never trusted."""
         if kind not in KINDS:
             raise IndexCacheError(key, f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
         unknown = set(options) - set(_BUILD_OPTIONS + _SEARCH_OPTIONS + _LOAD_OPTIONS)
@@ -92,7 +96,7 @@ class BinaryIndexCache:
         ids = np.asarray(ids)
         if codes.ndim != 2 or len(ids) != len(codes):
             raise IndexCacheError(key, f"{len(ids)} ids do not match codes of shape {codes.shape}")
-        checksum = content_checksum(ids, codes)
+        checksum = checksum or content_checksum(ids, codes)
         build = {name: options[name] for name in _BUILD_OPTIONS if options.get(name) is not None}
         index, problem = self._load(key, ids, codes, kind, checksum, build, options)
         if index is not None:

@@ -7,11 +7,15 @@ SQLite is the source of truth; FAISS indexes are caches rebuilt from `get_codes`
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from medhash_app.core.library.base import CHUNK, LibraryBase
+from medhash_app.core.library import code_files
+from medhash_app.core.library.base import CHUNK, LibraryBase, library_error
+from medhash_app.core.library.code_files import StoredCodes
 
 MODALITIES = ("image", "text")
 _ORDERED = ("FROM codes k JOIN cases c ON c.id = k.case_id "
@@ -34,6 +38,10 @@ def _check_codes(modality: str, bits: int, case_ids: Sequence[str], packed: np.n
 class CodeStore(LibraryBase):
     """Codes of a case vanish with it (ON DELETE CASCADE) and with their model."""
 
+    @property
+    def indexes_dir(self) -> Path:
+        return self.folder / "indexes"
+
     def put_codes(self, model_id: int, modality: str, bits: int, case_ids: Sequence[str],
                   packed: np.ndarray, embeddings: np.ndarray | None = None) -> None:
         """Store (or replace) the codes of `case_ids` in one transaction."""
@@ -49,10 +57,42 @@ class CodeStore(LibraryBase):
 
     def get_codes(self, model_id: int, modality: str, bits: int) -> tuple[np.ndarray, np.ndarray]:
         """(case ids, packed codes uint8 (N, bits/8)) in database order."""
-        rows = self._rows(f"SELECT k.case_id, k.code {_ORDERED}", [model_id, modality, bits])
-        ids = np.array([r["case_id"] for r in rows], dtype=str)
-        packed = np.frombuffer(b"".join(r["code"] for r in rows), dtype=np.uint8)
-        return ids, packed.reshape(len(rows), bits // 8).copy()
+        ids, _, codes = self._read_codes(model_id, modality, bits)
+        return ids, codes
+
+    def _read_codes(self, model_id: int, modality: str, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, seqs, codes) from SQLite through a plain cursor (tuples, not dict rows: 2-3x faster)."""
+        try:
+            rows = self.db.execute(f"SELECT k.case_id, c.seq, k.code {_ORDERED}", [model_id, modality, bits]).fetchall()
+        except sqlite3.Error as exc:
+            raise library_error(self.folder, exc) from exc
+        ids = np.array([r[0] for r in rows], dtype=str)
+        seqs = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+        packed = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8)
+        return ids, seqs, packed.reshape(len(rows), bits // 8).copy()
+
+    def code_token(self, model_id: int, modality: str, bits: int) -> str | None:
+        """The current `code_versions` token of these codes (None before any were written)."""
+        return self._scalar("SELECT token FROM code_versions WHERE model_id = ? AND modality = ? AND bits = ?",
+                            [model_id, modality, bits])
+
+    def load_codes(self, model_id: int, modality: str, bits: int) -> StoredCodes:
+        """The codes in database order, from the codes file when it is current and whole (code_files.py),
+        else from SQLite, writing the file again for the next session."""
+        path = code_files.file_path(self.indexes_dir, f"m{model_id}-{modality}-{bits}")
+        with self.transaction():  # one snapshot: the token and the rows belong together
+            token = self.code_token(model_id, modality, bits)
+            if token is not None:
+                stored, why = code_files.read(path, token, bits)
+                if stored is not None:
+                    return stored
+            else:
+                why = "no codes written yet"
+            ids, seqs, codes = self._read_codes(model_id, modality, bits)
+        stored = StoredCodes(ids, seqs, codes, code_files.arrays_digest(ids, seqs, codes), f"sqlite ({why})")
+        if token is not None and not self.read_only:
+            code_files.write(path, token, stored)
+        return stored
 
     def get_embeddings(self, model_id: int, modality: str, bits: int,
                        case_ids: Sequence[str]) -> np.ndarray:
@@ -71,6 +111,10 @@ class CodeStore(LibraryBase):
             if case_id in found:
                 out[i] = found[case_id]
         return out
+
+    def forget_code_file(self, model_id: int, modality: str, bits: int) -> None:
+        """Remove the codes file of one key; the next `load_codes` reads SQLite and writes it again."""
+        code_files.file_path(self.indexes_dir, f"m{model_id}-{modality}-{bits}").unlink(missing_ok=True)
 
     def count_codes(self, model_id: int, modality: str, bits: int) -> int:
         return int(self._scalar("SELECT count(*) FROM codes WHERE model_id = ? AND modality = ? AND bits = ?",

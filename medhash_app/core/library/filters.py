@@ -56,7 +56,7 @@ def filter_sql(flt: CaseFilter | None) -> tuple[str, list[object]]:
             clauses.append(_in(column, values))
             params += values
     if labels := _values(flt.labels):
-        clauses.append(f"EXISTS (SELECT 1 FROM json_each(cases.labels) WHERE {_in('value', labels)})")
+        clauses.append(f"seq IN (SELECT seq FROM case_labels WHERE {_in('label', labels)})")  # schema 3
         params += labels
     if flt.date_from:
         clauses.append("study_date >= ?")

@@ -162,10 +162,6 @@ class Library(CaseStore, ModelStore, CodeStore):
         return self.folder / "thumbs"
 
     @property
-    def indexes_dir(self) -> Path:
-        return self.folder / "indexes"
-
-    @property
     def models_dir(self) -> Path:
         return self.folder / "models"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 from collections.abc import Callable
 
 from sqlite_utils import Database
@@ -16,7 +17,7 @@ from sqlite_utils import Database
 from medhash_app.core.phi import identifying_column
 from medhash_app.core.pseudonym import LEGACY_KEY_HEX, Pseudonymizer, is_pseudonym
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # `seq` is the explicit rowid: it is the stable "database position" that ranking uses to break
 # ties, and the rowid the FTS index points at. An implicit rowid could be renumbered by VACUUM.
@@ -60,6 +61,47 @@ CREATE TABLE IF NOT EXISTS codes (
 CREATE INDEX IF NOT EXISTS codes_case ON codes(case_id);
 """
 
+# Schema 3: two tables kept in step with `cases` and `codes` by triggers, so every write path (this
+# package, raw SQL, ON DELETE CASCADE) updates them.
+# - case_labels: one row per (label, case seq), so a labels filter is an index lookup instead of a
+#   json_each scan of every case. Only text labels are kept: a filter's values are text, and json_each
+#   values of another type never compared equal to them. Malformed JSON counts as no labels.
+# - code_versions: a random token per (model, modality, bits), replaced on every change to those
+#   codes; a codes file on disk (library/code_files.py) is trusted only while its token is current.
+#   Random rather than a counter, so a library restored from a backup cannot reuse a token.
+_TABLES_V3 = """
+CREATE TABLE IF NOT EXISTS case_labels (
+    label TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (label, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS case_labels_seq ON case_labels(seq);
+CREATE TRIGGER IF NOT EXISTS case_labels_insert AFTER INSERT ON cases BEGIN
+    INSERT OR IGNORE INTO case_labels (label, seq) SELECT value, new.seq FROM json_each(
+        CASE WHEN json_valid(new.labels) THEN new.labels ELSE '[]' END) WHERE type = 'text';
+END;
+CREATE TRIGGER IF NOT EXISTS case_labels_update AFTER UPDATE OF labels, seq ON cases BEGIN
+    DELETE FROM case_labels WHERE seq = old.seq;
+    INSERT OR IGNORE INTO case_labels (label, seq) SELECT value, new.seq FROM json_each(
+        CASE WHEN json_valid(new.labels) THEN new.labels ELSE '[]' END) WHERE type = 'text';
+END;
+CREATE TRIGGER IF NOT EXISTS case_labels_delete AFTER DELETE ON cases BEGIN
+    DELETE FROM case_labels WHERE seq = old.seq;
+END;
+CREATE TABLE IF NOT EXISTS code_versions (
+    model_id INTEGER NOT NULL, modality TEXT NOT NULL, bits INTEGER NOT NULL, token TEXT NOT NULL,
+    PRIMARY KEY (model_id, modality, bits)
+);
+CREATE TRIGGER IF NOT EXISTS code_versions_insert AFTER INSERT ON codes BEGIN
+    INSERT OR REPLACE INTO code_versions VALUES (new.model_id, new.modality, new.bits, hex(randomblob(8)));
+END;
+CREATE TRIGGER IF NOT EXISTS code_versions_update AFTER UPDATE ON codes BEGIN
+    INSERT OR REPLACE INTO code_versions VALUES (old.model_id, old.modality, old.bits, hex(randomblob(8)));
+    INSERT OR REPLACE INTO code_versions VALUES (new.model_id, new.modality, new.bits, hex(randomblob(8)));
+END;
+CREATE TRIGGER IF NOT EXISTS code_versions_delete AFTER DELETE ON codes BEGIN
+    INSERT OR REPLACE INTO code_versions VALUES (old.model_id, old.modality, old.bits, hex(randomblob(8)));
+END;
+"""
+
 PseudonymSource = Callable[[], Pseudonymizer]
 Migration = Callable[[Database, PseudonymSource], None]
 
@@ -89,8 +131,28 @@ def _pseudonymise_v1(db: Database, pseudonyms: PseudonymSource) -> None:
     set_meta(db, "key_fingerprint", keyer.fingerprint())
 
 
+def _run_script(db: Database, script: str) -> None:
+    """Run the statements one by one (executescript would commit the caller's transaction); SQLite's
+    own `complete_statement` says where each ends, trigger bodies included."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            db.execute(pending)
+            pending = ""
+
+
+def _label_and_version_tables_v2(db: Database, pseudonyms: PseudonymSource) -> None:
+    """Schema 2 -> 3: case_labels and code_versions (with their triggers), filled from what is there."""
+    _run_script(db, _TABLES_V3)
+    db.execute("INSERT OR IGNORE INTO case_labels (label, seq) SELECT j.value, c.seq FROM cases c, "
+               "json_each(CASE WHEN json_valid(c.labels) THEN c.labels ELSE '[]' END) j WHERE j.type = 'text'")
+    db.execute("INSERT OR REPLACE INTO code_versions SELECT model_id, modality, bits, hex(randomblob(8)) "
+               "FROM codes GROUP BY model_id, modality, bits")
+
+
 # MIGRATIONS[v] upgrades a library from schema v to v + 1.
-MIGRATIONS: dict[int, Migration] = {1: _pseudonymise_v1}
+MIGRATIONS: dict[int, Migration] = {1: _pseudonymise_v1, 2: _label_and_version_tables_v2}
 
 
 def create_schema(db: Database) -> None:
@@ -99,6 +161,7 @@ def create_schema(db: Database) -> None:
     for statement in _TABLES_V1.split(";"):
         if statement.strip():
             db.execute(statement)
+    _run_script(db, _TABLES_V3)
     if "cases_fts" not in db.table_names():
         db["cases"].enable_fts(["report"], create_triggers=True, tokenize="unicode61")
     set_meta(db, "schema_version", str(SCHEMA_VERSION))
