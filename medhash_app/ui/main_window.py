@@ -11,6 +11,7 @@ from medhash_app.ui.audit_view import AuditView
 from medhash_app.ui.dropping import local_paths
 from medhash_app.ui.library_tab import LibraryTab
 from medhash_app.ui.messages import describe
+from medhash_app.ui.pacs_dialog import PacsDialog
 from medhash_app.ui.search_tab import SearchTab
 from medhash_app.ui.session_state import SessionState
 from medhash_app.ui.settings import AppSettings
@@ -52,6 +53,7 @@ class MainWindow(QMainWindow):
         self.search_tab.statusMessage.connect(self.search_time.setText)
         self.resize(1440, 900)
         self._shut_down = False
+        self.pacs_dialog: PacsDialog | None = None
         self._restore()
 
     # -- chrome -------------------------------------------------------------------------------
@@ -89,11 +91,13 @@ class MainWindow(QMainWindow):
         self.demo_action = self._action("Open &demo library", None, self.library_tab.open_demo_library,
                                         "Open the demo library (built on first use)")
         self.import_action = self._action("&Import into library…", "Ctrl+I", self.library_tab.choose_import_folder)
+        self.pacs_action = self._action("&PACS…", None, self.show_pacs, "Receive studies from the PACS, or find "
+                                        "and pull them into the library")
         self.csv_action = self._action("Export results as &CSV…", "Ctrl+E", self.search_tab.choose_csv)
         self.summary_action = self._action("Export &summary…", "Ctrl+P", self.search_tab.choose_summary)
         quit_action = self._action("&Quit", QKeySequence.StandardKey.Quit, self.close)
         for action in (self.open_action, None, self.new_lib_action, self.open_lib_action, self.demo_action,
-                       self.import_action,
+                       self.import_action, self.pacs_action,
                        None, self.csv_action, self.summary_action, None, quit_action):
             file_menu.addSeparator() if action is None else file_menu.addAction(action)
 
@@ -177,11 +181,21 @@ class MainWindow(QMainWindow):
         self._shut_down = True
         self.save_settings()
         self.trainer_tab.stop_training()
+        if self.pacs_dialog is not None:
+            self.pacs_dialog.shutdown()
         self.runner.cancel_all()
         self.search_tab.shutdown()
         self.library_tab.shutdown()
         self.runner.wait(10_000)
         self.state.close()
+
+    def show_pacs(self) -> PacsDialog:
+        """File → PACS…: one dialog per window; hiding it keeps the listener running."""
+        if self.pacs_dialog is None:
+            self.pacs_dialog = PacsDialog(self.state, self.runner, self)
+        self.pacs_dialog.show()
+        self.pacs_dialog.raise_()
+        return self.pacs_dialog
 
     def offer_first_run(self) -> None:
         """First launch (no library remembered): the Library tab offers the demo library."""
