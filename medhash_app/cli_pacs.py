@@ -5,6 +5,7 @@ line, Ctrl-C stops between two instances (exit 130) and leaves no half-written c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -38,6 +39,11 @@ def listen_cmd(library: LibraryOpt,
                host: Annotated[str, typer.Option("--host", help="Address to bind; 127.0.0.1 (this machine only) "
                                                  "unless the PACS sends from another machine.")] = "127.0.0.1",
                workers: Annotated[int, typer.Option("--workers", help="Decode worker processes.")] = 2,
+               tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="DICOM TLS: this node's "
+                                                             "certificate chain (PEM).")] = None,
+               tls_key: Annotated[Path | None, typer.Option("--tls-key", help="DICOM TLS: its private key (PEM).")] = None,
+               tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="DICOM TLS: accept only callers with "
+                                                           "a certificate from this CA (PEM).")] = None,
                as_json: JsonOpt = False) -> None:
     """Receive studies by DICOM C-STORE (and answer C-ECHO) into a library until Ctrl-C."""
     from medhash_app.core.pacs.listener import ListenerConfig, ReceiveEvent, StorageListener
@@ -54,13 +60,14 @@ def listen_cmd(library: LibraryOpt,
                           highlight=False)
 
     config = ListenerConfig(library=library, aet=aet, port=port, host=host, accept_aets=tuple(accept_aet or ()),
-                            workers=workers)
+                            workers=workers, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
     listener = StorageListener(config, on_event)
     try:
         with cancellable() as stop:
             listener.start()
             who = ", ".join(config.accept_aets) or "any calling AE title"
-            console.print(f"listening as {escape(aet)} on {listener.status.address} (accepting {escape(who)}); "
+            tls = " over TLS" if tls_cert else ""
+            console.print(f"listening as {escape(aet)} on {listener.status.address}{tls} (accepting {escape(who)}); "
                           "Ctrl-C stops", highlight=False)
             if as_json:
                 emit_jsonl({"event": "listening", **listener.status.to_dict()})

@@ -9,6 +9,7 @@ written. pynetdicom runs each association on its own thread; instances are store
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,33 @@ class ListenerConfig:
     host: str = LOOPBACK
     accept_aets: tuple[str, ...] = ()
     workers: int = 2  # decode worker processes; 1 decodes inline (a crashing decoder then stops the listener)
+    tls_cert: Path | None = None  # DICOM TLS: this node's certificate chain (PEM) ...
+    tls_key: Path | None = None  # ... and its private key
+    tls_ca: Path | None = None  # when given, callers must show a certificate signed by this CA
+
+
+def server_tls(config: ListenerConfig) -> ssl.SSLContext | None:
+    """The TLS context of the listener (None: plain DICOM); PacsError naming the bad file. Client
+    certificates are checked against `tls_ca` only, never the system's public CAs."""
+    if config.tls_cert is None and config.tls_key is None and config.tls_ca is None:
+        return None
+    if config.tls_cert is None:
+        raise PacsError("--tls-cert", "TLS needs this node's certificate (--tls-cert) and key (--tls-key)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise PacsError(config.tls_cert, f"this certificate and key cannot be used for TLS "
+                                         f"({getattr(exc, 'strerror', None) or exc})") from exc
+    if config.tls_ca is not None:
+        try:
+            context.load_verify_locations(cafile=config.tls_ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise PacsError(config.tls_ca, f"this CA file cannot be read "
+                                           f"({getattr(exc, 'strerror', None) or exc})") from exc
+        context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: only holders of a certificate from this CA
+    return context
 
 
 @dataclass(frozen=True)
@@ -92,12 +120,14 @@ class StorageListener:
         _check_aet(self.config.aet, "--aet")
         for title in self.config.accept_aets:
             _check_aet(title, "--accept-aet")
+        tls = server_tls(self.config)
         self._library = Library.open(self.config.library, create=True)
         self._decoder = Decoder(self.config.workers)
         self._store = ReceivedStore(self._library, self._decoder)
         try:
             self._server = self._make_ae().start_server(
-                (self.config.host, self.config.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+                (self.config.host, self.config.port), block=False, ssl_context=tls,
+                evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         except OSError as exc:
             self._close()
             raise PacsError(self.status.address, f"cannot listen there ({exc.strerror or exc}); choose another "
