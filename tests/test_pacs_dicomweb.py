@@ -5,11 +5,16 @@ a pull cancelled half way; a server that disappears mid-transfer; `medhash pacs 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from typer.testing import CliRunner
 
 from medhash_app.cli import app
@@ -151,3 +156,39 @@ def test_cli_unreachable_server_is_one_line(tmp_path: Path) -> None:
     assert "connection to the server failed" in result.output and "Traceback" not in result.output
     wrong = CliRunner().invoke(app, ["pacs", "find", "ftp://pacs/dicom-web"])
     assert wrong.exit_code == 2 and "http:// or https://" in wrong.output
+
+
+# Four large radiographs, each its own study (the full-size images take seconds to decode).
+BIG = ("xray_other/CR_hip_MONO2_Fuji_RG2_UNC_explicitLE.dcm", "xray_chest/DX_chest_PA_MONO1_Canon_J2K_lossless.dcm",
+       "xray_chest/DX_chest_MONO2_NIH_ChestXray14_implicitLE.dcm", "xray_other/CR_hip_MONO2_Fuji_RG2_RLE.dcm")
+
+
+def test_cli_pull_ctrl_c_stops_between_images(tmp_path: Path, dicom_dir: Path) -> None:
+    """`medhash pacs pull` interrupted by Ctrl-C (SIGINT) after the first image: exit 130, every
+    image that arrived is a whole case, nothing half-written; a re-run fetches the rest."""
+    server = Orthanc(tmp_path / "orthanc").start()
+    try:
+        studies = [server.upload(dicom_dir / rel)["ParentStudy"] for rel in BIG]
+        uids = [requests.get(f"{server.url}/studies/{s}", timeout=10).json()["MainDicomTags"]["StudyInstanceUID"]
+                for s in studies]
+        library = tmp_path / "lib"
+        command = [sys.executable, "-m", "medhash_app.cli", "pacs", "pull", "--library", str(library),
+                   server.dicomweb_url, "--json"] + [arg for uid in [*uids, uids[0]] for arg in ("--study", uid)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not list((library / RECEIVED_DIR).rglob("*.dcm")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 130, err
+        report = json.loads(out)
+        assert report["cancelled"] and 1 <= report["added"] < len(BIG) == report["total"]
+        with Library.open(library, read_only=True) as lib:
+            assert lib.count_cases() == report["added"] and lib.cases_missing_files() == set()
+        assert len(list((library / RECEIVED_DIR).rglob("*.dcm"))) == report["added"]
+        assert not list(library.rglob("*.tmp")) and "Traceback" not in err
+        rest = CliRunner().invoke(app, ["pacs", "pull", "--library", str(library), server.dicomweb_url, "--json"]
+                                  + [arg for uid in uids for arg in ("--study", uid)])
+        assert json.loads(rest.stdout)["added"] == len(BIG) - report["added"]
+    finally:
+        server.stop()

@@ -167,6 +167,7 @@ def pull_studies(url: str, study_uids: Sequence[str], library: Library, *,
                  cancel: threading.Event | None = None, workers: int = 1) -> PullReport:
     """WADO-RS every instance of `study_uids` into `library`. Stops between instances on `cancel`;
     raises PacsError (after keeping what arrived) when the server stops answering."""
+    study_uids = list(dict.fromkeys(study_uids))  # a study named twice is pulled once
     client, report = connect(url), PullReport(server=public_url(url), studies=len(study_uids))
     instances = [inst for uid in study_uids for inst in study_instances(client, url, uid)]
     report.total = len(instances)
