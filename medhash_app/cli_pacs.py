@@ -144,10 +144,42 @@ def _print_pull(report: PullReport, as_json: bool) -> None:
         console.print(f"  [red]refused[/] {label}: {escape(reason)}", highlight=False)
 
 
+def search_cmd(url: UrlArg, library: LibraryOpt,
+               study: Annotated[str, typer.Option("--study", help="Study Instance UID to search with.")],
+               target: Annotated[str | None, typer.Option(help="reports, images or both (default: reports).")] = None,
+               k: Annotated[int, typer.Option("-k", min=1, help="Number of hits.")] = 10,
+               as_json: JsonOpt = False) -> None:
+    """Search the library with a study's first image fetched from the PACS (WADO-RS), without
+    adding it to the library."""
+    import tempfile
+
+    from medhash_app.cli_tables import hits_table
+    from medhash_app.core.pacs.dicomweb import fetch_for_query
+    from medhash_app.core.search import SearchQuery
+    from medhash_app.core.session import MedHashSession
+
+    try:
+        if target not in (None, "reports", "images", "both"):
+            raise MedHashError("--target", "must be reports, images or both")
+        with tempfile.TemporaryDirectory(prefix="medhash-pacs-query-") as folder, \
+                MedHashSession(library, device="auto") as session:
+            image = fetch_for_query(url, study, Path(folder))
+            result = session.search(SearchQuery(image_path=image, target=target, k=k))
+    except MedHashError as exc:
+        fail(exc, as_json)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    if result.out_of_domain:
+        console.print(f"[bold red]Out of domain:[/] {escape(result.out_of_domain_reason or '')}")
+    console.print(hits_table(result))
+
+
 def register(app: typer.Typer) -> None:
     """Add `listen` and the `pacs` group to the main app."""
     app.command("listen")(listen_cmd)
     pacs_app.command("find")(find_cmd)
     pacs_app.command("pull")(pull_cmd)
+    pacs_app.command("search")(search_cmd)
     app.add_typer(pacs_app, name="pacs")
 

@@ -193,9 +193,14 @@ class MainWindow(QMainWindow):
         """File → PACS…: one dialog per window; hiding it keeps the listener running."""
         if self.pacs_dialog is None:
             self.pacs_dialog = PacsDialog(self.state, self.runner, self)
+            self.pacs_dialog.queryImage.connect(self._search_with)
         self.pacs_dialog.show()
         self.pacs_dialog.raise_()
         return self.pacs_dialog
+
+    def _search_with(self, path: Path) -> None:
+        self.tabs.setCurrentWidget(self.search_tab)
+        self.search_tab.open_paths([path])
 
     def offer_first_run(self) -> None:
         """First launch (no library remembered): the Library tab offers the demo library."""

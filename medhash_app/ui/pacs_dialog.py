@@ -5,6 +5,7 @@ instance from its own threads through a queued signal."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from medhash_app.core.pacs.dicomweb import PullProgress, PullReport, StudyMatch, find_studies, pull_studies
+from medhash_app.core.pacs.dicomweb import (
+    PullProgress,
+    PullReport,
+    StudyMatch,
+    fetch_for_query,
+    find_studies,
+    pull_studies,
+)
 from medhash_app.core.pacs.listener import ListenerConfig, ReceiveEvent, StorageListener
 from medhash_app.ui.messages import describe
 from medhash_app.ui.session_state import SessionState
@@ -41,7 +49,10 @@ class _Relay(QObject):
 
 
 class PacsDialog(QDialog):
-    """Non-modal: closing it hides it; the listener keeps running until stopped or the app quits."""
+    """Non-modal: closing it hides it; the listener keeps running until stopped or the app quits.
+    `queryImage` carries the path of a study's image fetched to search with (not imported)."""
+
+    queryImage = Signal(object)
 
     def __init__(self, state: SessionState, runner: JobRunner, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -50,6 +61,8 @@ class PacsDialog(QDialog):
         self.listener: StorageListener | None = None
         self.studies: list[StudyMatch] = []
         self.pull_job: JobHandle | None = None
+        self._query_dir: tempfile.TemporaryDirectory | None = None
+        self._fetches = 0
         self._relay = _Relay(self)
         self._relay.received.connect(self._on_received, Qt.ConnectionType.QueuedConnection)
         layout = QVBoxLayout(self)
@@ -151,7 +164,12 @@ class PacsDialog(QDialog):
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel_pull)
         self.progress = QProgressBar(box)
+        self.search_button = QPushButton("Search with selected study", box)
+        self.search_button.setToolTip("Fetch the selected study's first image and search the library with it, "
+                                      "without importing it")
+        self.search_button.clicked.connect(self.search_with_selected)
         row.addWidget(self.pull_button)
+        row.addWidget(self.search_button)
         row.addWidget(self.cancel_button)
         row.addWidget(self.progress, 1)
         layout.addLayout(row)
@@ -211,6 +229,27 @@ class PacsDialog(QDialog):
         self.pull_job = job
         return job
 
+    def search_with_selected(self) -> JobHandle | None:
+        row = self.results.currentRow()
+        if not 0 <= row < len(self.studies):
+            self.query_status.setText("Select a study to search with first.")
+            return None
+        if self._query_dir is None:
+            self._query_dir = tempfile.TemporaryDirectory(prefix="medhash-pacs-query-")
+        self._fetches += 1
+        folder = Path(self._query_dir.name, str(self._fetches))  # a new file each time: a shown query never changes
+        folder.mkdir()
+        url, uid = self.url_edit.text().strip(), self.studies[row].study_uid
+        self.query_status.setText("Fetching the study's first image…")
+        job = self.runner.start("pacs query image", lambda _p, _c: fetch_for_query(url, uid, folder))
+        job.succeeded.connect(self._on_query_image)
+        job.failed.connect(lambda exc: self.query_status.setText(describe(exc)))
+        return job
+
+    def _on_query_image(self, path: Path) -> None:
+        self.query_status.setText("The image is the search query now (it was not imported).")
+        self.queryImage.emit(path)
+
     def _on_progress(self, event: PullProgress) -> None:
         self.progress.setRange(0, max(event.total, 1))
         self.progress.setValue(event.done)
@@ -242,6 +281,9 @@ class PacsDialog(QDialog):
         if self.listener is not None:
             self.listener.stop()
             self.listener = None
+        if self._query_dir is not None:
+            self._query_dir.cleanup()
+            self._query_dir = None
 
     def status(self) -> dict[str, Any]:
         return self.listener.status.to_dict() if self.listener is not None else {"running": False}

@@ -47,6 +47,18 @@ def test_listen_receive_find_and_pull_from_the_window(qtbot, open_library, windo
                         timeout=60_000)
         qtbot.waitUntil(lambda: window.state.info.case_count == 4, timeout=10_000)
 
+        dialog.modality_edit.setText("CT")  # the study becomes the search query; nothing is imported
+        qtbot.mouseClick(dialog.find_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: dialog.results.rowCount() == 1 and dialog.studies[0].modalities == "CT",
+                        timeout=20_000)
+        dialog.results.setCurrentCell(0, 1)
+        qtbot.mouseClick(dialog.search_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: window.search_tab.query.image_path is not None, timeout=20_000)
+        query = window.search_tab.query.image_path
+        assert window.tabs.currentWidget() is window.search_tab
+        assert query.is_file() and not query.is_relative_to(tmp_path / "library")
+        assert window.state.info.case_count == 4
+
         qtbot.mouseClick(dialog.listen_button, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: dialog.listen_status.text() == "Not receiving.", timeout=20_000)
         assert dialog.listener is None

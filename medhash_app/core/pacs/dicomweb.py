@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -160,6 +161,22 @@ def study_instances(client: DICOMwebClient, url: str, study_uid: str) -> list[tu
         if series and sop:
             out.append((study_uid, str(series), str(sop)))
     return out
+
+
+def fetch_for_query(url: str, study_uid: str, folder: Path) -> Path:
+    """The study's first image (WADO-RS), written to `folder`, to search with; no library is
+    touched, so a study can be looked at against the library without importing it."""
+    client = connect(url)
+    instances = study_instances(client, url, study_uid)
+    if not instances:
+        raise PacsError(public_url(url), "the server has no images for this study")
+    try:
+        dataset = client.retrieve_instance(*instances[0])
+    except requests.RequestException as exc:
+        raise _network_error(url, exc, "while sending the query image") from exc
+    path = folder / "pacs-query.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    return path
 
 
 def pull_studies(url: str, study_uids: Sequence[str], library: Library, *,
