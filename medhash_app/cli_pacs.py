@@ -175,11 +175,42 @@ def search_cmd(url: UrlArg, library: LibraryOpt,
     console.print(hits_table(result))
 
 
+def origin_cmd(case_id: Annotated[str, typer.Argument(help="Case id (from a search hit or the case browser).")],
+               library: LibraryOpt, as_json: JsonOpt = False) -> None:
+    """Where a case came from on the PACS: its Study, Series and SOP Instance UIDs (read from its
+    received original) and the server or calling AE, to open it in the PACS viewer or fetch it again."""
+    from dataclasses import asdict
+
+    from medhash_app.core.library import Library
+    from medhash_app.core.pacs.origin import network_origin, wado_url
+
+    try:
+        with Library.open(library, read_only=True) as lib:
+            case = lib.get_case(case_id)
+        if case is None:
+            raise MedHashError(case_id, "no case with this id in the library")
+        origin = network_origin(case)
+        if origin is None:
+            raise MedHashError(case_id, "this case was imported from a file, not received from a PACS")
+    except MedHashError as exc:
+        fail(exc, as_json)
+    payload = {**asdict(origin), "wado_url": wado_url(origin)}
+    if as_json:
+        emit_json(payload)
+        return
+    for key, value in payload.items():
+        if value:
+            console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
+    if not origin.study_uid:
+        console.print("the received original is gone, so its UIDs are unknown (the library keeps only pseudonyms)")
+
+
 def register(app: typer.Typer) -> None:
     """Add `listen` and the `pacs` group to the main app."""
     app.command("listen")(listen_cmd)
     pacs_app.command("find")(find_cmd)
     pacs_app.command("pull")(pull_cmd)
     pacs_app.command("search")(search_cmd)
+    pacs_app.command("origin")(origin_cmd)
     app.add_typer(pacs_app, name="pacs")
 

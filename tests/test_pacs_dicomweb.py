@@ -146,6 +146,16 @@ def test_cli_find_and_pull_json(pacs: Orthanc, tmp_path: Path) -> None:
     assert pulled.exit_code == 0, pulled.output
     payload = json.loads(pulled.stdout)
     assert (payload["added"], payload["total"], payload["failed"], payload["cancelled"]) == (3, 3, [], False)
+    origin = runner.invoke(app, ["pacs", "origin", payload["case_ids"][0], "--library", str(tmp_path / "lib"),
+                                 "--json"])
+    assert origin.exit_code == 0, origin.output
+    where = json.loads(origin.stdout)
+    assert (where["via"], where["server"], where["study_uid"]) == ("dicomweb", pacs.dicomweb_url, study["study_uid"])
+    fetched = requests.get(where["wado_url"], headers={"Accept": 'multipart/related; type="application/dicom"'},
+                           timeout=30)
+    assert fetched.status_code == 200 and where["sop_uid"].encode() in fetched.content  # the PACS finds it again
+    unknown = runner.invoke(app, ["pacs", "origin", "0" * 32, "--library", str(tmp_path / "lib")])
+    assert unknown.exit_code == 2 and "no case with this id" in unknown.output
 
 
 def test_cli_unreachable_server_is_one_line(tmp_path: Path) -> None:

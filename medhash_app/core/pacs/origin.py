@@ -48,6 +48,13 @@ def network_origin(case: dict[str, Any]) -> NetworkOrigin | None:
                          server=pacs.get("server"), **{k: str(v) if v else None for k, v in uids.items()})
 
 
+def wado_url(origin: NetworkOrigin) -> str | None:
+    """The WADO-RS address of the instance on the server it was pulled from (None when unknown)."""
+    if not (origin.server and origin.study_uid and origin.series_uid and origin.sop_uid):
+        return None
+    return f"{origin.server}/studies/{origin.study_uid}/series/{origin.series_uid}/instances/{origin.sop_uid}"
+
+
 def cases_of_study(library: Library, study_uid: str) -> list[str]:
     """Ids of the cases of a study found on the PACS (matched by the UID's keyed pseudonym)."""
     key = library.pseudonyms.uid(study_uid)
