@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     from medhash_app.core.pacs.dicomweb import PullReport
 
 pacs_app = typer.Typer(help="Query a PACS over DICOMweb and pull studies into a library (docs/pacs.md).")
-UrlArg = Annotated[str, typer.Argument(help="DICOMweb root, e.g. http://pacs:8042/dicom-web "
-                                            "(user:password@ in the URL for basic authentication).")]
+UrlArg = Annotated[str, typer.Argument(help="DICOMweb root, e.g. http://pacs:8042/dicom-web (user:password@ "
+                                            "for basic authentication), or a DICOM peer dicom://PACS_AET@host:port "
+                                            "(C-FIND / C-GET).")]
+AetOpt = Annotated[str, typer.Option("--aet", help="This workstation's AE title towards a dicom:// peer.")]
 
 
 def listen_cmd(library: LibraryOpt,
@@ -91,13 +93,13 @@ def find_cmd(url: UrlArg,
              modality: Annotated[str | None, typer.Option("--modality", help="e.g. CR, DX, OP.")] = None,
              accession: Annotated[str | None, typer.Option("--accession", help="Accession number.")] = None,
              limit: Annotated[int, typer.Option("--limit", help="At most this many studies.")] = 100,
-             as_json: JsonOpt = False) -> None:
-    """Find studies on a PACS (QIDO-RS); pull the ones you want with `medhash pacs pull`."""
-    from medhash_app.core.pacs.dicomweb import find_studies
+             aet: AetOpt = "MEDHASH", as_json: JsonOpt = False) -> None:
+    """Find studies on a PACS (QIDO-RS, or C-FIND); pull the ones you want with `medhash pacs pull`."""
+    from medhash_app.core.pacs.remote import find_studies
 
     try:
         studies = find_studies(url, patient_id=patient, patient_name=name, date=date, modality=modality,
-                               accession=accession, limit=limit)
+                               accession=accession, limit=limit, calling_aet=aet)
     except MedHashError as exc:
         fail(exc, as_json)
     if as_json:
@@ -116,16 +118,16 @@ def find_cmd(url: UrlArg,
 def pull_cmd(url: UrlArg, library: LibraryOpt,
              study: Annotated[list[str], typer.Option("--study", help="Study Instance UID (repeatable).")],
              workers: Annotated[int, typer.Option("--workers", help="Decode worker processes.")] = 1,
-             as_json: JsonOpt = False) -> None:
-    """Pull studies from a PACS (WADO-RS) into a library; a re-run skips what already arrived."""
+             aet: AetOpt = "MEDHASH", as_json: JsonOpt = False) -> None:
+    """Pull studies from a PACS (WADO-RS, or C-GET) into a library; a re-run skips what already arrived."""
     from medhash_app.core.library import Library
-    from medhash_app.core.pacs.dicomweb import pull_studies
+    from medhash_app.core.pacs.remote import pull_studies
 
     try:
         with Library.open(library, create=True) as lib, cancellable() as cancel, \
                 progress_bar("Pull", not as_json) as update:
             update(0, None, "asking the server for the instances…")
-            report = pull_studies(url, study, lib, cancel=cancel, workers=workers, progress=lambda p: update(
+            report = pull_studies(url, study, lib, cancel=cancel, workers=workers, calling_aet=aet, progress=lambda p: update(
                 p.done, p.total, f"{p.added} added, {p.duplicates} already there, {p.failed} refused"))
     except MedHashError as exc:
         fail(exc, as_json)
@@ -154,7 +156,7 @@ def search_cmd(url: UrlArg, library: LibraryOpt,
     import tempfile
 
     from medhash_app.cli_tables import hits_table
-    from medhash_app.core.pacs.dicomweb import fetch_for_query
+    from medhash_app.core.pacs.remote import fetch_for_query
     from medhash_app.core.search import SearchQuery
     from medhash_app.core.session import MedHashSession
 

@@ -26,15 +26,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from medhash_app.core.pacs.dicomweb import (
-    PullProgress,
-    PullReport,
-    StudyMatch,
-    fetch_for_query,
-    find_studies,
-    pull_studies,
-)
 from medhash_app.core.pacs.listener import ListenerConfig, ReceiveEvent, StorageListener
+from medhash_app.core.pacs.remote import fetch_for_query, find_studies, pull_studies
+from medhash_app.core.pacs.studies import PullProgress, PullReport, StudyMatch
 from medhash_app.ui.messages import describe
 from medhash_app.ui.session_state import SessionState
 from medhash_app.ui.workers import JobHandle, JobRunner
@@ -137,15 +131,15 @@ class PacsDialog(QDialog):
 
     # -- find and pull --------------------------------------------------------------------------
     def _query_box(self) -> QGroupBox:
-        box = QGroupBox("Find and pull studies (DICOMweb)", self)
+        box = QGroupBox("Find and pull studies (DICOMweb, or C-FIND / C-GET)", self)
         layout = QVBoxLayout(box)
         form = QFormLayout()
         self.url_edit = QLineEdit(box)
-        self.url_edit.setPlaceholderText("http://pacs:8042/dicom-web")
+        self.url_edit.setPlaceholderText("http://pacs:8042/dicom-web, or dicom://PACS_AET@pacs:104")
         self.patient_edit, self.date_edit = QLineEdit(box), QLineEdit(box)
         self.modality_edit, self.accession_edit = QLineEdit(box), QLineEdit(box)
         self.date_edit.setPlaceholderText("YYYYMMDD or YYYYMMDD-YYYYMMDD")
-        for label, edit in (("DICOMweb URL", self.url_edit), ("Patient ID", self.patient_edit),
+        for label, edit in (("PACS address", self.url_edit), ("Patient ID", self.patient_edit),
                             ("Study date", self.date_edit), ("Modality", self.modality_edit),
                             ("Accession", self.accession_edit)):
             form.addRow(label, edit)
@@ -186,7 +180,8 @@ class PacsDialog(QDialog):
                    "accession": self.accession_edit.text().strip() or None}
         self.find_button.setEnabled(False)
         self.query_status.setText("Searching…")
-        job = self.runner.start("pacs find", lambda _p, _c: find_studies(url, **filters))
+        aet = self.aet_edit.text().strip() or "MEDHASH"
+        job = self.runner.start("pacs find", lambda _p, _c: find_studies(url, calling_aet=aet, **filters))
         job.succeeded.connect(self._show_studies)
         job.failed.connect(lambda exc: self.query_status.setText(describe(exc)))
         job.finished.connect(lambda: self.find_button.setEnabled(True))
@@ -216,12 +211,12 @@ class PacsDialog(QDialog):
         if session is None or not uids:
             self.query_status.setText("Open a library and check at least one study first.")
             return None
-        library = session.library
+        library, aet = session.library, self.aet_edit.text().strip() or "MEDHASH"
         self.pull_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)
         job = self.runner.start("pacs pull", lambda progress, cancel: pull_studies(
-            url, uids, library, progress=progress, cancel=cancel), keep_partial=True)
+            url, uids, library, progress=progress, cancel=cancel, calling_aet=aet), keep_partial=True)
         job.progress.connect(self._on_progress)
         job.succeeded.connect(self._on_pulled)
         job.failed.connect(lambda exc: self.query_status.setText(f"Pull stopped: {describe(exc)}"))

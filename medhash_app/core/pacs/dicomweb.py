@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -24,57 +23,13 @@ from medhash_app.core.ingest.decode import Decoder
 from medhash_app.core.library import Library
 from medhash_app.core.pacs.errors import PacsError
 from medhash_app.core.pacs.received import ReceivedStore
+from medhash_app.core.pacs.studies import PullProgress, PullReport, StudyMatch, emit_progress
 
 TIMEOUT_S = (5.0, 60.0)  # (connect, read)
 RETRIES = 1
 _STUDY_FIELDS = {"0020000D": "study_uid", "00080020": "study_date", "00100010": "patient_name",
                  "00100020": "patient_id", "00080050": "accession", "00080061": "modalities",
                  "00081030": "description", "00201208": "instances"}
-
-
-@dataclass(frozen=True)
-class StudyMatch:
-    """One QIDO-RS study (shown to the user on their own screen; never stored in the library)."""
-
-    study_uid: str
-    study_date: str = ""
-    patient_name: str = ""
-    patient_id: str = ""
-    accession: str = ""
-    modalities: str = ""
-    description: str = ""
-    instances: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class PullProgress:
-    done: int
-    total: int
-    added: int
-    duplicates: int
-    failed: int
-
-
-@dataclass
-class PullReport:
-    """`failed`: (which instance, reason) per refused instance; `cancelled` when the user stopped it."""
-
-    server: str
-    studies: int = 0
-    total: int = 0
-    added: int = 0
-    duplicates: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    cancelled: bool = False
-    case_ids: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["failed"] = [{"instance": i, "reason": r} for i, r in self.failed]
-        return out
 
 
 def public_url(url: str) -> str:
@@ -190,13 +145,13 @@ def pull_studies(url: str, study_uids: Sequence[str], library: Library, *,
     report.total = len(instances)
     with Decoder(workers) as decoder:
         store = ReceivedStore(library, decoder)
-        _emit(progress, report, 0)
+        emit_progress(progress, report, 0)
         for done, (study, series, sop) in enumerate(instances):
             if cancel is not None and cancel.is_set():
                 report.cancelled = True
                 break
             _pull_one(client, store, report, (study, series, sop), f"instance {done + 1} of {len(instances)}")
-            _emit(progress, report, done + 1)
+            emit_progress(progress, report, done + 1)
     return report
 
 
@@ -221,8 +176,3 @@ def _pull_one(client: DICOMwebClient, store: ReceivedStore, report: PullReport, 
     report.added += outcome.status == "added"
     report.duplicates += outcome.status == "duplicate"
     report.case_ids.append(outcome.case_id or "")
-
-
-def _emit(progress: Callable[[PullProgress], None] | None, report: PullReport, done: int) -> None:
-    if progress is not None:
-        progress(PullProgress(done, report.total, report.added, report.duplicates, len(report.failed)))
