@@ -41,6 +41,11 @@ def dicomweb_plugin() -> Path | None:
     return None
 
 
+# Orthanc gets SIGKILL when the test process dies (no orphan PACS after a killed run): util-linux's
+# setpriv sets the parent-death signal, then runs Orthanc (preexec_fn is unsafe with threads).
+_DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL") if shutil.which("setpriv") else ()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -85,8 +90,8 @@ class Orthanc:
         config = self.folder / "orthanc.json"
         config.write_text(json.dumps(self.config()))
         log = open(self.folder / "orthanc.log", "wb")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(["Orthanc", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                        cwd=self.folder)
+        self.process = subprocess.Popen([*_DIE_WITH_PARENT, "Orthanc", str(config)], stdout=log,
+                                        stderr=subprocess.STDOUT, cwd=self.folder)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
