@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from medhash_app.core.library import Library, atomic_write
 
 RECEIVED_DIR = "received"
 _HASH_HEX = 32  # the pipeline's case id: the first 32 hex digits of the file's SHA-256
+SWEEP_AFTER_S = 600.0  # as the library's own temp-file sweep
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class ReceivedStore:
         self.library = library
         self.decoder = decoder or Decoder(1)
         self._lock = threading.Lock()
+        self.sweep()
 
     @property
     def folder(self) -> Path:
@@ -80,6 +83,22 @@ class ReceivedStore:
                 return Received("added", case_id)
             self._discard(path, case_id)  # the same content came before (from disk or the network)
             return Received("duplicate", case_id)
+
+    def sweep(self, older_than_s: float = SWEEP_AFTER_S) -> int:
+        """Remove what a killed receiver left: temp files, and received files no case points at
+        (written, then the process died before the ingest committed). Only files older than
+        `older_than_s`, so another process's instance in flight is left alone."""
+        if not self.folder.is_dir():
+            return 0
+        cutoff, removed = time.time() - older_than_s, 0
+        old = [p for p in self.folder.glob("*/*") if p.is_file() and p.stat().st_mtime < cutoff]
+        stems = {p.stem: p for p in old if p.suffix == ".dcm"}
+        kept = {os.path.abspath(c["source_path"]) for c in self.library.get_cases(list(stems))}
+        for path in old:
+            if path.name.startswith(".") or os.path.abspath(path) not in kept:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def _discard(self, path: Path, case_id: str) -> None:
         """Remove a received file unless a case already points at it."""
