@@ -24,6 +24,7 @@ from medhash_app.core.library import Library
 from medhash_app.core.pacs.errors import PacsError
 from medhash_app.core.pacs.received import ReceivedStore
 from medhash_app.core.pacs.studies import PullProgress, PullReport, StudyMatch, emit_progress
+from medhash_app.core.phi import redact
 
 TIMEOUT_S = (5.0, 60.0)  # (connect, read)
 RETRIES = 1
@@ -165,10 +166,15 @@ def _pull_one(client: DICOMwebClient, store: ReceivedStore, report: PullReport, 
         error = _network_error(report.server, exc, f"while sending {label}")
         raise PacsError(error.item, error.reason + kept) from exc
     except Exception as exc:  # noqa: BLE001 - the server's bytes are not a DICOM file: this instance fails
-        report.failed.append((label, f"the server sent something that is not a readable DICOM instance ({exc})"))
+        report.failed.append((label, (f"the server sent something that is not a readable DICOM instance "
+                                     f"({redact(exc)})")))
         return
     buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
+    try:
+        dataset.save_as(buffer, enforce_file_format=True)
+    except Exception as exc:  # noqa: BLE001 - e.g. no file meta to write: this instance fails
+        report.failed.append((label, f"the instance could not be written as a DICOM file ({redact(exc)})"))
+        return
     outcome = store.store(buffer.getvalue(), {"via": "dicomweb", "server": report.server})
     if outcome.status == "failed":
         report.failed.append((label, outcome.reason or "refused"))
