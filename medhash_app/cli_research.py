@@ -86,6 +86,9 @@ def experiment_cmd(ctx: typer.Context, library: LibraryOpt,
                        help="fair: backbone-lr scales to choose from.")] = "0.1,1",
                    select_steps: Annotated[int | None, typer.Option(
                        min=1, help="fair: steps of a selection run (default: --steps).")] = None,
+                   trainable_top_blocks: Annotated[int | None, typer.Option(
+                       min=0, help="fair: tower blocks that train (default: the method's, 2); 0 freezes both "
+                       "towers (the regime whose full grid fits a CPU).")] = None,
                    phase: Annotated[str, typer.Option(help="fair: phases to run (select,final,probe,leak).")]
                    = "select,final,probe,leak",
                    max_runs: Annotated[int | None, typer.Option(
@@ -117,6 +120,7 @@ def experiment_cmd(ctx: typer.Context, library: LibraryOpt,
         if protocol == "fair":
             spec = _fair_spec(methods, bits, noise, seeds, steps, lr_grid, backbone_lr_grid, select_steps, backbone,
                               weights, batch_size, split_sizes, device, workers)
+            spec.trainable_top_blocks = trainable_top_blocks
             job = _fair_job(library, spec, out, relevance, phase, max_runs, command, report_only)
         else:
             job = _grid_job(library, out, methods, bits, noise, seeds, epochs, backbone, weights, batch_size, lr,

@@ -59,6 +59,28 @@ def test_backbone_lr_scale_reaches_the_backbone_and_only_it():
     assert sum(len(g["params"]) for g in groups) == len(model.trainable_parameters())
 
 
+def test_frozen_towers_reach_the_model_config_and_the_report(tmp_path: Path):
+    from trainer.fair_protocol import FairRun, run_configs
+    from trainer.fair_report import protocol_lines
+
+    samples = make_samples(tmp_path / "img", n=40)
+    splits = make_splits(samples, sizes={"query": 8, "val": 8}, seed=0)
+    variant = parse_methods("base")[0]
+    run = FairRun("select", variant, 3e-4, 1.0, 0.0, 0, (16,), 10)
+    spec = FairSpec([variant], backbone="tiny")
+    own, _ = run_configs(spec, run, splits, ["a", "b"], tmp_path)
+    frozen, _ = run_configs(FairSpec([variant], backbone="tiny", trainable_top_blocks=0), run, splits, ["a", "b"],
+                            tmp_path)
+    assert own.trainable_top_blocks == 2 and frozen.trainable_top_blocks == 0
+    from trainer.models import build_model
+
+    model = build_model(frozen)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert any(p.requires_grad for p in model.parameters())  # the method's own layers still train
+    assert "both towers frozen" in " ".join(protocol_lines(FairSpec([variant], trainable_top_blocks=0), "", "", {}, {}))
+    assert "both towers frozen" not in " ".join(protocol_lines(spec, "", "", {}, {}))
+
+
 def test_step_budget_rounds_up_to_whole_epochs():
     assert epochs_for(1500, 2275, 32) == (22, 71)  # 22 x 71 = 1,562 steps >= 1,500
     assert epochs_for(10, 5, 32) == (10, 1)

@@ -75,6 +75,9 @@ class FairSpec:
     val_points: int = 8
     backbone: str = "embedded"
     weights_path: str | None = None
+    # Tower layers that train: None = each method's own (2, as the papers); 0 freezes both towers, the
+    # regime where a 1,500-step grid fits a CPU (tuned top blocks cost ~70x more per step there).
+    trainable_top_blocks: int | None = None
     device: str = "auto"
     num_workers: int = 2
     split_sizes: dict[str, int] | None = None
@@ -121,6 +124,8 @@ def run_configs(spec: FairSpec, run: FairRun, splits: Splits, label_names: list[
     model_cfg = ModelConfig(method=run.variant.method, backbone=spec.backbone, weights_path=spec.weights_path,
                             bits=list(run.bits), components=run.variant.components, label_names=label_names,
                             options=options)
+    if spec.trainable_top_blocks is not None:
+        model_cfg = dataclasses.replace(model_cfg, trainable_top_blocks=spec.trainable_top_blocks)
     epochs, _ = epochs_for(run.steps, len(splits.train), spec.batch_size)
     train_kw: dict[str, Any] = {
         "epochs": epochs, "seed": run.seed, "device": spec.device, "batch_size": spec.batch_size, "lr": run.lr,

@@ -23,6 +23,17 @@ Results = dict[str, dict[str, Any]]
 RARE = 5
 
 
+def _towers(spec: Any) -> str:
+    """Which tower layers trained: the regime a reader must know to read the numbers."""
+    ttb = getattr(spec, "trainable_top_blocks", None)
+    if ttb is None:
+        return "each method's own trainable tower blocks (2)"
+    if ttb == 0:
+        return ("both towers frozen (trainable_top_blocks 0: only the methods' own heads, prompts and fusion "
+                "layers train; the backbone-lr scale has nothing to act on)")
+    return f"the top {ttb} block(s) of each tower trainable"
+
+
 def _final(results: Results, label: str, noise: float, *, leak: bool = False) -> list[dict[str, Any]]:
     return sorted((r for r in results.values() if r["phase"] == ("leak" if leak else "final")
                    and r["variant"] == label and abs(r["noise_rate"] - noise) < 1e-9), key=lambda r: r["seed"])
@@ -37,7 +48,8 @@ def protocol_lines(spec: Any, command: str, data_name: str, splits: dict[str, in
         (f"Every run: batch {spec.batch_size}, at least {spec.steps} optimizer steps (whole epochs; the exact "
         f"count is in each run's JSON), AdamW with warm-up and cosine decay, the best epoch chosen on "
         f"validation that mirrors the test (val queries against train + val items, each query's own item "
-        f"left out), validated about {spec.val_points} times per run. Backbone: {spec.backbone}."),
+        f"left out), validated about {spec.val_points} times per run. Backbone: {spec.backbone}, "
+        f"{_towers(spec)}."),
         (f"Tuning: lr in {spec.lr_grid} x backbone-lr scale in {spec.backbone_lr_grid}, chosen per method on "
         f"that validation at {spec.select_bits} bits, seed {spec.select_seed}, no noise, "
         f"{spec.select_steps or spec.steps} steps. Final runs: seeds {spec.seeds} (initialisation, batch "
