@@ -27,6 +27,7 @@ _INSERT_CASE = (
     f"INSERT INTO cases ({', '.join(CASE_COLUMNS)}) VALUES ({', '.join('?' * len(CASE_COLUMNS))}) "
     "ON CONFLICT(id) DO NOTHING"
 )
+_HAS_INPUT = "coalesce(input_path, '') != ''"
 _INSERT_LOG = f"INSERT INTO ingest_log ({', '.join(LOG_COLUMNS)}) VALUES ({', '.join('?' * 6)})"
 
 
@@ -139,6 +140,22 @@ class CaseStore(LibraryBase):
         except sqlite3.Error as exc:
             raise library_error(self.folder, exc) from exc
         return np.unique(np.array(text.split(","), dtype=np.int64)) if text else np.zeros(0, np.int64)
+
+    def input_paths(self) -> list[str]:
+        """Stored model inputs (`input_path`) of every case that has one, in database order."""
+        try:
+            return [r[0] for r in self.db.execute(
+                f"SELECT input_path FROM cases WHERE {_HAS_INPUT} ORDER BY seq").fetchall()]
+        except sqlite3.Error as exc:
+            raise library_error(self.folder, exc) from exc
+
+    def input_fingerprint(self) -> str:
+        """Which cases have a stored model input, in one aggregate over `seq` (a case's id and its
+        content-addressed input never change under its seq): what a reference built from those images
+        (the image-statistics check) depends on."""
+        row = self.db.execute(f"SELECT count(*), max(seq), total(seq), total(seq * seq), total(length(input_path)) "
+                              f"FROM cases WHERE {_HAS_INPUT}").fetchone()
+        return "inputs:" + ":".join(str(v) for v in row)
 
     def fts_match(self, query: str, limit: int | None = None) -> list[str]:
         """Ids of cases whose report matches every word of `query`, best match (bm25) first.

@@ -39,6 +39,7 @@ class StoredCodes:
     codes: np.ndarray
     digest: str
     source: str  # "file" or "sqlite (<why the file was not used>)"
+    token: str | None = None  # the library's code_versions token these codes belong to
 
 
 def file_path(folder: Path, key: str) -> Path:
@@ -73,7 +74,7 @@ def read(path: Path, token: str, bits: int) -> tuple[StoredCodes | None, str]:
     digest = arrays_digest(ids, seqs, codes)
     if digest != meta.get("sha256"):
         return None, "codes file damaged (checksum)"
-    return StoredCodes(ids, seqs, codes, digest, "file"), ""
+    return StoredCodes(ids, seqs, codes, digest, "file", token), ""
 
 
 def write(path: Path, token: str, stored: StoredCodes) -> None:

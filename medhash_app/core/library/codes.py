@@ -89,7 +89,7 @@ class CodeStore(LibraryBase):
             else:
                 why = "no codes written yet"
             ids, seqs, codes = self._read_codes(model_id, modality, bits)
-        stored = StoredCodes(ids, seqs, codes, code_files.arrays_digest(ids, seqs, codes), f"sqlite ({why})")
+        stored = StoredCodes(ids, seqs, codes, code_files.arrays_digest(ids, seqs, codes), f"sqlite ({why})", token)
         if token is not None and not self.read_only:
             code_files.write(path, token, stored)
         return stored

@@ -10,11 +10,14 @@ each case appears once, with its better match.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from medhash_app.core import image_stats
 from medhash_app.core.encoder.service import EncodedBatch, EncoderService
 from medhash_app.core.errors import MedHashError, ModelError
 from medhash_app.core.image_stats import (
@@ -30,6 +33,7 @@ from medhash_app.core.index import BinaryIndexCache
 from medhash_app.core.ingest.decode import MODEL_SIZE
 from medhash_app.core.library import Library
 from medhash_app.core.library.filters import CaseFilter
+from medhash_app.core.search import ood as ood_module
 from medhash_app.core.search.ood import (
     MatchReference,
     OodReference,
@@ -37,6 +41,7 @@ from medhash_app.core.search.ood import (
     build_reference,
     knn_scores,
 )
+from medhash_app.core.search.reference_files import load_or_build, source_digest
 from medhash_app.core.search.types import Hit, SearchQuery, SearchResult
 from trainer.data.labels import labels_from_report
 from trainer.evaluate import hamming_distances
@@ -52,6 +57,7 @@ class LoadedCodes:
     seqs: np.ndarray
     codes: np.ndarray
     index: Any
+    token: str | None = None  # the library's code_versions token these codes were read at
 
 
 @dataclass
@@ -128,7 +134,8 @@ class SearchService:
         loaded = self.warm(model_id, kind, bits)
         key = ("ood", model_id, kind, bits, len(loaded.ids), self._data_version)
         if key not in self._refs:
-            self._refs[key] = build_reference(loaded.codes)
+            self._refs[key] = self._saved(f"ood-m{model_id}-{kind}-{bits}", [(model_id, kind, bits)], ood_module,
+                                          OodReference, lambda: build_reference(loaded.codes))
         ref = self._refs[key]
         if not isinstance(ref, OodReference):
             return None, None, None, None
@@ -155,8 +162,25 @@ class SearchService:
                       f"{PERCENTILE:g} % of the library's own images are ({ref.threshold:.1f} or fewer). The "
                       f"matches below are the least unlike cases, not similar ones.")
 
+    def _saved(self, name: str, code_keys: list[tuple[int, str, int]], module: ModuleType, cls: type,
+               build: Callable[[], Any]) -> Any:
+        """A code-derived reference from disk when built for the same codes (their tokens) by the same
+        code (the module's source), else built and saved (core/search/reference_files.py)."""
+        tokens = [self.library.code_token(*k) for k in code_keys]
+        if None in tokens:
+            return build()
+        key = f"{'|'.join(t or '' for t in tokens)}|{source_digest(module)}"
+        return load_or_build(self.library.indexes_dir, name, key, cls, build, save=not self.library.read_only)
+
     def _stats_reference(self) -> StatsReference | None:
-        rows = [c["input_path"] for c in self.library.iter_cases() if c.get("input_path")]
+        """From disk when the library's images (a fingerprint of their cases) and image_stats.py's
+        source are those it was built from: building it decodes up to 3,000 images."""
+        key = f"{self.library.input_fingerprint()}|{source_digest(image_stats)}"
+        return load_or_build(self.library.indexes_dir, "image-stats", key, StatsReference,
+                             self._build_stats_reference, save=not self.library.read_only)
+
+    def _build_stats_reference(self) -> StatsReference | None:
+        rows = self.library.input_paths()
         if len(rows) > STATS_REFERENCE_MAX:
             keep = np.random.default_rng(0).choice(len(rows), STATS_REFERENCE_MAX, replace=False)
             rows = [rows[i] for i in sorted(keep)]
@@ -172,7 +196,9 @@ class SearchService:
         q, t = self.warm(model_id, kind, bits), self.warm(model_id, target, bits)
         key = ("match", model_id, kind, target, bits, len(q.ids), len(t.ids), self._data_version)
         if key not in self._refs:
-            self._refs[key] = build_match_reference(q.ids, q.codes, t.ids, t.codes)
+            self._refs[key] = self._saved(f"match-m{model_id}-{kind}-{target}-{bits}",
+                                          [(model_id, kind, bits), (model_id, target, bits)], ood_module,
+                                          MatchReference, lambda: build_match_reference(q.ids, q.codes, t.ids, t.codes))
         ref = self._refs[key]
         return ref if isinstance(ref, MatchReference) else None
 
@@ -210,20 +236,19 @@ class SearchService:
         return "text", encoded, labels_from_report(query.text or "", domain)
 
     def warm(self, model_id: int, modality: str, bits: int) -> LoadedCodes:
-        """The codes and their FAISS index, read from SQLite once and kept in memory until they change:
-        writes through this session call `invalidate`, writes by other processes change the
-        library's data_version, and a changed count is caught either way."""
+        """The codes and their FAISS index, read once (codes file or SQLite) and kept in memory until they
+        change: every write to them, by any connection, replaces their code_versions token."""
         key = f"m{model_id}-{modality}-{bits}"
         version = self.library.data_version()
         if version != self._data_version:  # another process wrote to the library: re-read the codes
             self._loaded.clear()
             self._data_version = version
-        count = self.library.count_codes(model_id, modality, bits)
+        token = self.library.code_token(model_id, modality, bits)  # replaced on every change to these codes
         cached = self._loaded.get(key)
-        if cached is None or len(cached.ids) != count:
+        if cached is None or cached.token != token:
             stored = self.library.load_codes(model_id, modality, bits)
             index = self.indexes.get(key, stored.ids, stored.codes, kind=self.index_kind, checksum=stored.digest)
-            cached = LoadedCodes(stored.ids, stored.seqs, stored.codes, index)
+            cached = LoadedCodes(stored.ids, stored.seqs, stored.codes, index, stored.token)
             self._loaded[key] = cached
         return cached
 
