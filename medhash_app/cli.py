@@ -413,6 +413,7 @@ def _print_demo_summary(outcome: dict) -> None:
                   soft_wrap=True, highlight=False)
 
 
+from medhash_app.cli_archive import register as register_archive
 from medhash_app.cli_captions import register as register_captions
 from medhash_app.cli_pacs import register as register_pacs
 from medhash_app.cli_research import register as register_research
@@ -420,6 +421,7 @@ from medhash_app.cli_research import register as register_research
 register_research(app)
 register_captions(app)
 register_pacs(app)
+register_archive(app)
 
 
 def _window_problem() -> str | None:

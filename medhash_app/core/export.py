@@ -36,6 +36,7 @@ from PIL import Image
 from medhash_app.core.errors import MedHashError
 from medhash_app.core.library import Library
 from medhash_app.core.phi import identifying_column
+from medhash_app.core.pseudonym import Pseudonymizer
 
 EXPORT_FORMAT = 1
 MAX_DATE_SHIFT_DAYS = 365
@@ -91,7 +92,7 @@ def _age(value: object) -> int | None:
     return min(max(years, 0), AGE_CAP)
 
 
-def _thumbnail(source: Path) -> bytes | None:
+def clean_thumbnail(source: Path) -> bytes | None:
     """The stored thumbnail re-encoded without metadata (EXIF, comments), or None when unreadable."""
     try:
         with Image.open(source, formats=("JPEG", "PNG")) as image:
@@ -115,6 +116,24 @@ def _codes(library: Library, model: dict[str, Any]) -> dict[str, dict[str, dict[
     return out
 
 
+def deidentified_case(keyer: Pseudonymizer, case: dict[str, Any], salt: bytes, days: int) -> dict[str, Any]:
+    """One case as it may leave the workstation (the fields listed above, without codes), keyed by `salt`;
+    shared by this export and the archive publisher (core/archive/publish.py)."""
+    extra = {k: v for k, v in (case.get("extra") or {}).items() if not identifying_column(k)}
+    return {
+        "case": keyer.export_id("case", case["id"], salt),
+        "patient": keyer.export_id("patient", case["patient_key"], salt) if case.get("patient_key") else None,
+        "study_uid": _uid(keyer.export_id("study", case["study_instance_uid"], salt, 32))
+        if case.get("study_instance_uid") else None,
+        "instance_uid": _uid(keyer.export_id("instance", case["id"], salt, 32)),
+        "report": case.get("report"), "labels": case.get("labels") or [],
+        "label_source": case.get("label_source"), "domain": case.get("domain"),
+        "modality": case.get("modality"), "view": case.get("view"), "laterality": case.get("laterality"),
+        "body_part": case.get("body_part"), "sex": case.get("sex"), "age": _age(case.get("age")),
+        "study_date": _shift(case.get("study_date"), days), "split": case.get("split"), "extra": extra,
+    }
+
+
 def export_deidentified(library: Library, folder: str | Path) -> ExportReport:
     """Write a de-identified copy of the library's cases into `folder` (new or empty)."""
     folder = Path(folder)
@@ -133,24 +152,12 @@ def export_deidentified(library: Library, folder: str | Path) -> ExportReport:
                                               "bits": list(model.get("bits") or [])} if model else None)
     with open(folder / "cases.jsonl", "w", encoding="utf-8") as out:
         for case in library.iter_cases():
-            key = keyer.export_id("case", case["id"], salt)
-            extra = {k: v for k, v in (case.get("extra") or {}).items() if not identifying_column(k)}
-            line = {
-                "case": key,
-                "patient": keyer.export_id("patient", case["patient_key"], salt) if case.get("patient_key") else None,
-                "study_uid": _uid(keyer.export_id("study", case["study_instance_uid"], salt, 32))
-                if case.get("study_instance_uid") else None,
-                "instance_uid": _uid(keyer.export_id("instance", case["id"], salt, 32)),
-                "report": case.get("report"), "labels": case.get("labels") or [],
-                "label_source": case.get("label_source"), "domain": case.get("domain"),
-                "modality": case.get("modality"), "view": case.get("view"), "laterality": case.get("laterality"),
-                "body_part": case.get("body_part"), "sex": case.get("sex"), "age": _age(case.get("age")),
-                "study_date": _shift(case.get("study_date"), days), "split": case.get("split"),
-                "extra": extra, "codes": codes.get(case["id"], {}),
-            }
+            line = deidentified_case(keyer, case, salt, days)
+            line["codes"] = codes.get(case["id"], {})
+            key = line["case"]
             out.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
             report.cases += 1
-            thumb = _thumbnail(library.path_of(case["thumb_path"])) if case.get("thumb_path") else None
+            thumb = clean_thumbnail(library.path_of(case["thumb_path"])) if case.get("thumb_path") else None
             if thumb is None:
                 report.missing_thumbnails += 1
             else:

@@ -1,0 +1,159 @@
+"""`medhash archive init|publish|search|status`: a shared case archive on PostgreSQL + pgvector
+(docs/archive.md), added to the main app by `register(app)`. An archive is named by a libpq service
+name or a postgresql:// URL without a password (passwords live in ~/.pgpass or a service file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from medhash_app.cli_support import JsonOpt, LibraryOpt, cancellable, console, emit_json, fail, progress_bar
+from medhash_app.core.errors import MedHashError
+
+archive_app = typer.Typer(help="Publish de-identified cases to a shared PostgreSQL archive and search it.")
+ArchiveOpt = Annotated[str, typer.Option("--archive", "-a", help="libpq service name or postgresql:// URL "
+                                         "(no password: use ~/.pgpass or a service file).")]
+
+
+@archive_app.command("init")
+def init_cmd(archive: Annotated[str, typer.Argument(help="libpq service name or postgresql:// URL.")],
+             roles: Annotated[bool, typer.Option("--roles", help="Also create the medhash_reader and "
+                                                 "medhash_writer group roles with their grants.")] = False,
+             as_json: JsonOpt = False) -> None:
+    """Create the archive's tables in a database (or bring an older archive up to date)."""
+    from medhash_app.core.archive import connect, init_archive
+
+    try:
+        with connect(archive, autocommit=True) as conn:
+            result = init_archive(conn, roles=roles)
+    except MedHashError as exc:
+        fail(exc, as_json)
+    if as_json:
+        emit_json(result)
+    else:
+        verb = "created" if result["created"] else "up to date"
+        console.print(f"archive {verb}: schema {result['schema_version']}, pgvector {result['pgvector']}",
+                      markup=False)
+
+
+@archive_app.command("publish")
+def publish_cmd(library: LibraryOpt, archive: ArchiveOpt,
+                model: Annotated[int | None, typer.Option("--model", help="Library model id (default: "
+                                                          "the active model).")] = None,
+                batch: Annotated[int, typer.Option("--batch", min=1, help="Cases per transaction.")] = 1000,
+                with_weights: Annotated[bool, typer.Option("--with-weights", help="Store the checkpoint's "
+                                                           "weights in the archive too.")] = False,
+                as_json: JsonOpt = False) -> None:
+    """Publish the library's de-identified cases and its model's codes (again: adds only what is new)."""
+    from medhash_app.core.archive import publish_library
+    from medhash_app.core.library import Library
+
+    try:
+        with Library.open(library, read_only=True) as lib, cancellable() as cancel, \
+                progress_bar("publishing", not as_json) as bar:
+            report = publish_library(lib, archive, model_id=model, batch=batch, with_weights=with_weights,
+                                     cancel=cancel, progress=bar)
+    except MedHashError as exc:
+        fail(exc, as_json)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        console.print(f"{report.cases_added} new case(s) and {report.codes_added} code(s) of "
+                      f"{report.cases_seen} case(s) published to {report.archive} in {report.seconds:.1f} s",
+                      markup=False)
+    if report.cancelled:
+        raise typer.Exit(130)
+
+
+@archive_app.command("search")
+def search_cmd(library: LibraryOpt, archive: ArchiveOpt,
+               image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
+               text: Annotated[str | None, typer.Option(help="Query report text.")] = None,
+               code: Annotated[str | None, typer.Option(help="Query code (hex), e.g. from an export.")] = None,
+               code_kind: Annotated[str, typer.Option("--code-kind", help="What a --code was made from: "
+                                                      "image or text.")] = "image",
+               target: Annotated[str | None, typer.Option(help="reports, images or both (default: the other "
+                                                          "modality).")] = None,
+               k: Annotated[int, typer.Option("-k", min=1, help="Number of hits.")] = 10,
+               bits: Annotated[int | None, typer.Option(help="Code length (default: longest).")] = None,
+               label: Annotated[list[str] | None, typer.Option(help="Keep hits with any of these labels.")] = None,
+               modality: str | None = None, view: str | None = None, domain: str | None = None,
+               date_from: Annotated[str | None, typer.Option(help="Shifted date (archive dates are "
+                                                             "shifted per publisher).")] = None,
+               date_to: str | None = None,
+               keyword: Annotated[str | None, typer.Option(help="Words the report must contain.")] = None,
+               approximate: Annotated[bool, typer.Option("--approximate", help="Use the HNSW index (may miss "
+                                                         "hits; see `archive recall`).")] = False,
+               ef_search: Annotated[int, typer.Option("--ef-search", min=1)] = 200,
+               model: Annotated[int | None, typer.Option("--model", help="Library model id that encodes the "
+                                                         "query (default: active).")] = None,
+               device: Annotated[str, typer.Option("--device")] = "auto", as_json: JsonOpt = False) -> None:
+    """Rank archive cases by Hamming distance to the query (exact: the local FAISS order)."""
+    from medhash_app.core.archive import ArchiveSearch, connect, describe_target
+    from medhash_app.core.archive.query import encode_query, targets_for
+    from medhash_app.core.archive.schema import require_archive
+    from medhash_app.core.library import CaseFilter, Library
+
+    try:
+        filters = CaseFilter(labels=label or None, modality=modality, view=view, domain=domain,
+                             date_from=date_from, date_to=date_to, keyword=keyword)
+        with Library.open(library, read_only=True) as lib, connect(archive, autocommit=True) as conn:
+            require_archive(conn, describe_target(archive))
+            query = encode_query(conn, lib, model_id=model, image=image, text=text, code=code,
+                                 code_kind=code_kind, bits=bits, device=device)
+            hits = ArchiveSearch(conn).search(query.archive_model_id, targets_for(query.kind, target), query.bits,
+                                              query.code, k, filters, query_kind=query.kind,
+                                              approximate=approximate, ef_search=ef_search)
+    except MedHashError as exc:
+        fail(exc, as_json)
+    mode = "hnsw" if approximate else "exact"
+    if as_json:
+        emit_json({"archive": describe_target(archive), "answered_by": "server", "mode": mode,
+                   "model_id": query.archive_model_id, "bits": query.bits, "query_kind": query.kind,
+                   "hits": [{"rank": h.rank, "case_id": h.case_id, "case_key": h.case.get("case_key"),
+                             "distance": h.distance, "matched": h.matched, "labels": h.case.get("labels"),
+                             "modality": h.case.get("modality"), "view": h.case.get("view"),
+                             "study_date": h.case.get("study_date"), "report": h.case.get("report")}
+                            for h in hits]})
+        return
+    console.print(f"{len(hits)} hit(s) from the archive server ({mode}, {query.bits} bits)", markup=False)
+    for h in hits:
+        report = (h.case.get("report") or "").replace("\n", " ")[:80]
+        console.print(f"{h.rank:>3}  d={h.distance:<3} {h.matched:<5} #{h.case_id:<8} "
+                      f"{escape(', '.join(h.case.get('labels') or []))}  {escape(report)}", highlight=False)
+
+
+@archive_app.command("status")
+def status_cmd(archive: ArchiveOpt, as_json: JsonOpt = False) -> None:
+    """Cases, models and code sets (with their version counters) in the archive."""
+    from medhash_app.core.archive import connect, describe_target
+    from medhash_app.core.archive.schema import require_archive
+
+    try:
+        with connect(archive, autocommit=True) as conn:
+            require_archive(conn, describe_target(archive))
+            cases = conn.execute("SELECT count(*) FROM medhash.cases").fetchone()[0]
+            sets = conn.execute(
+                "SELECT m.id, m.name, m.method, v.modality, v.bits, v.version, "
+                "(SELECT count(*) FROM medhash.codes k WHERE k.model_id = m.id AND k.modality = v.modality "
+                "AND k.bits = v.bits) FROM medhash.models m JOIN medhash.code_versions v ON v.model_id = m.id "
+                "ORDER BY 1, 4, 5").fetchall()
+    except MedHashError as exc:
+        fail(exc, as_json)
+    payload = {"archive": describe_target(archive), "cases": int(cases),
+               "code_sets": [{"model_id": r[0], "name": r[1], "method": r[2], "modality": r[3], "bits": r[4],
+                              "version": r[5], "codes": r[6]} for r in sets]}
+    if as_json:
+        emit_json(payload)
+        return
+    console.print(f"{payload['archive']}: {cases} case(s)", markup=False)
+    for s in payload["code_sets"]:
+        console.print(f"  model {s['model_id']} {s['name']} ({s['method']}): {s['modality']} {s['bits']} bits, "
+                      f"{s['codes']} codes, version {s['version']}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(archive_app, name="archive")

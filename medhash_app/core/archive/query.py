@@ -1,0 +1,71 @@
+"""A query (image file, report text or a raw code) turned into the packed code an archive search needs,
+with the local model whose checkpoint the archive knows (same config and weights fingerprint)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from medhash_app.core.archive.connection import ArchiveError
+from medhash_app.core.archive.models import find_model
+from medhash_app.core.library import Library
+
+
+@dataclass(frozen=True)
+class ArchiveQuery:
+    archive_model_id: int
+    kind: str  # image or text: what the query is
+    bits: int
+    code: np.ndarray  # packed uint8 (bits/8,)
+
+
+def targets_for(kind: str, target: str | None) -> list[str]:
+    """Which archive codes to search (the local search's rule: the other modality by default)."""
+    if target is None:
+        return ["text" if kind == "image" else "image"]
+    if target not in ("reports", "images", "both"):
+        raise ArchiveError("--target", "must be reports, images or both")
+    return {"reports": ["text"], "images": ["image"], "both": ["text", "image"]}[target]
+
+
+def parse_code(text: str, bits: int) -> np.ndarray:
+    """A hex code (as `medhash export` writes them) of `bits` bits."""
+    try:
+        packed = np.frombuffer(bytes.fromhex(text.strip()), dtype=np.uint8)
+    except ValueError:
+        raise ArchiveError("--code", "expected hexadecimal digits") from None
+    if packed.size * 8 != bits:
+        raise ArchiveError("--code", f"has {packed.size * 8} bits, the search uses {bits}")
+    return packed
+
+
+def encode_query(conn: psycopg.Connection, library: Library, *, model_id: int | None, image: Path | None,
+                 text: str | None, code: str | None, code_kind: str, bits: int | None,
+                 device: str = "auto") -> ArchiveQuery:
+    """Encode with the library's active (or chosen) model, which must be published to the archive."""
+    model = library.get_model(model_id) if model_id is not None else library.active_model()
+    if model is None:
+        raise ArchiveError(str(library.folder), "no such model" if model_id is not None else "no active model")
+    archive_id = find_model(conn, model)
+    if archive_id is None:
+        raise ArchiveError(f"model {model['id']}", "its checkpoint was never published to this archive; run "
+                           "`medhash archive publish` first")
+    have = sorted(int(b) for b in model["bits"])
+    use = have[-1] if bits is None else bits
+    if use not in have:
+        raise ArchiveError("--bits", f"model {model['id']} has {have} bits")
+    if sum(x is not None for x in (image, text, code)) != 1:
+        raise ArchiveError("query", "give exactly one of --image FILE, --text TEXT or --code HEX")
+    if code is not None:
+        return ArchiveQuery(archive_id, code_kind, use, parse_code(code, use))
+    from medhash_app.core.encoder.service import EncoderService  # torch: only when a query needs encoding
+
+    encoder = EncoderService(model["checkpoint_path"], device=device)
+    if image is not None:
+        batch, kind = encoder.encode_files([image], embeddings=False), "image"
+    else:
+        batch, kind = encoder.encode_texts([text or ""], embeddings=False), "text"
+    return ArchiveQuery(archive_id, kind, use, batch.codes[use][0])

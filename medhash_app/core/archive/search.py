@@ -1,0 +1,155 @@
+"""Hamming search in the archive, ranked exactly like the local FAISS index.
+
+Exact (the default): `ORDER BY code <~> q, case_id LIMIT k` over one model's partition, with the
+filters as SQL on the cases; the archive's `cases.id` plays the part of the library's `seq` (ties go
+to the smaller id), so the ranked ids equal FAISS IndexBinaryFlat over the same codes in id order
+(tests/test_archive_search.py). Approximate: the HNSW index of that (modality, bits) (`ORDER BY
+code::bit(K) <~> q`, `hnsw.ef_search`), re-sorted by (distance, id); it may miss items, and
+`measure_recall` says how many against the exact answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from medhash_app.core.archive.publish import bit_string
+from medhash_app.core.library.filters import CaseFilter, fts_query
+
+CASE_COLUMNS = ("id", "case_key", "patient_key", "report", "labels", "label_source", "domain", "modality",
+                "view", "laterality", "body_part", "sex", "age", "study_date", "split")
+
+
+@dataclass(frozen=True)
+class ArchiveHit:
+    rank: int
+    case_id: int  # the archive's stable case id
+    distance: int
+    matched: str  # which of the case's codes matched: image or text
+    case: dict[str, Any]
+
+
+def _values(value: Any) -> list[str]:
+    values = [value] if isinstance(value, str) else list(value or [])
+    return [str(v) for v in values if v]
+
+
+def filter_sql(flt: CaseFilter | None) -> tuple[sql.Composable, list[Any]]:
+    """WHERE conditions over `c` (medhash.cases), the archive's form of library/filters.py.
+
+    Dates are the archive's shifted dates; `keyword` needs every word in the report (PostgreSQL's
+    'simple' text search: the same whole-word, case-insensitive match as the library's FTS5 words)."""
+    clauses: list[sql.Composable] = []
+    params: list[Any] = []
+    if flt is None:
+        return sql.SQL("TRUE"), params
+    for column in ("modality", "view", "domain", "split"):
+        if values := _values(getattr(flt, column)):
+            clauses.append(sql.SQL("c.{} = ANY(%s)").format(sql.Identifier(column)))
+            params.append(values)
+    if labels := _values(flt.labels):
+        clauses.append(sql.SQL("c.labels && %s::text[]"))
+        params.append(labels)
+    if flt.date_from:
+        clauses.append(sql.SQL("c.study_date >= %s::date"))
+        params.append(str(flt.date_from))
+    if flt.date_to:
+        clauses.append(sql.SQL("c.study_date <= %s::date"))
+        params.append(str(flt.date_to))
+    words = " ".join(t.strip('"').replace('""', '"') for t in fts_query(flt.keyword or "").split())
+    if words:
+        clauses.append(sql.SQL("to_tsvector('simple', coalesce(c.report, '')) @@ plainto_tsquery('simple', %s)"))
+        params.append(words)
+    return (sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("TRUE")), params
+
+
+class ArchiveSearch:
+    """Ranks archive cases for packed query codes of one archive model."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def rank(self, model_id: int, modality: str, bits: int, query: np.ndarray, k: int,
+             filters: CaseFilter | None = None, *, approximate: bool = False,
+             ef_search: int = 200) -> list[tuple[int, int]]:
+        """[(case id, distance)] best first: ascending distance, then case id."""
+        q = _query_bits(query, bits)
+        where, params = filter_sql(filters)
+        join = sql.SQL("JOIN medhash.cases c ON c.id = k.case_id") if params else sql.SQL("")
+        if approximate:
+            order = sql.SQL("(k.code::bit({b})) <~> %s::bit({b})").format(b=sql.Literal(int(bits)))
+        else:
+            order = sql.SQL("k.code <~> %s::varbit")
+        query_sql = sql.SQL(
+            "SELECT k.case_id, (k.code <~> %s::varbit)::integer FROM medhash.codes k {join} "
+            "WHERE k.model_id = %s AND k.modality = %s AND k.bits = %s AND {where} "
+            "ORDER BY {order}{tie} LIMIT %s").format(
+                join=join, where=where, order=order, tie=sql.SQL("") if approximate else sql.SQL(", k.case_id"))
+        args = [q, int(model_id), modality, int(bits), *params, q, int(k)]
+        with self.conn.transaction():
+            if approximate:
+                self.conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
+                self.conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            rows = self.conn.execute(query_sql, args).fetchall()
+        found = [(int(r[0]), int(r[1])) for r in rows]
+        return sorted(found, key=lambda r: (r[1], r[0])) if approximate else found
+
+    def search(self, model_id: int, targets: Sequence[str], bits: int, query: np.ndarray, k: int,
+               filters: CaseFilter | None = None, *, query_kind: str | None = None, approximate: bool = False,
+               ef_search: int = 200) -> list[ArchiveHit]:
+        """Top-k cases over one or both modalities' codes, merged like the local search: by distance,
+        cross-modal matches first on a tie, then case id; each case once, with its better match."""
+        entries = []
+        for modality in targets:
+            cross = 0 if modality != query_kind else 1
+            for case_id, dist in self.rank(model_id, modality, bits, query, k, filters, approximate=approximate,
+                                           ef_search=ef_search):
+                entries.append((dist, cross, case_id, modality))
+        entries.sort()
+        seen: set[int] = set()
+        picked = []
+        for dist, _, case_id, modality in entries:
+            if case_id not in seen:
+                seen.add(case_id)
+                picked.append((case_id, dist, modality))
+        picked = picked[:k]
+        cases = self.cases([p[0] for p in picked])
+        return [ArchiveHit(i, cid, dist, modality, cases.get(cid, {}))
+                for i, (cid, dist, modality) in enumerate(picked, start=1)]
+
+    def cases(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        if not ids:
+            return {}
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in CASE_COLUMNS)
+        cur = self.conn.execute(sql.SQL("SELECT {} FROM medhash.cases WHERE id = ANY(%s)").format(cols), [list(ids)])
+        return {int(row[0]): {**dict(zip(CASE_COLUMNS, row, strict=True)),
+                              "study_date": None if row[13] is None else row[13].isoformat()} for row in cur}
+
+    def code_sets(self, model_id: int) -> list[tuple[str, int, int]]:
+        """(modality, bits, version) of a model's published code sets."""
+        return [(m, int(b), int(v)) for m, b, v in self.conn.execute(
+            "SELECT modality, bits, version FROM medhash.code_versions WHERE model_id = %s ORDER BY 1, 2",
+            [model_id])]
+
+
+def _query_bits(query: np.ndarray, bits: int) -> str:
+    packed = np.ascontiguousarray(query, dtype=np.uint8).reshape(-1)
+    if packed.size * 8 != bits:
+        raise ValueError(f"a {bits}-bit query needs {bits // 8} bytes, got {packed.size}")
+    return bit_string(packed)
+
+
+def measure_recall(search: ArchiveSearch, model_id: int, modality: str, bits: int, queries: np.ndarray, k: int,
+                   ef_search: int) -> float:
+    """Mean share of the exact top-k ids that the HNSW answer also returns (recall@k)."""
+    shares = []
+    for q in queries:
+        exact = {cid for cid, _ in search.rank(model_id, modality, bits, q, k)}
+        approx = {cid for cid, _ in search.rank(model_id, modality, bits, q, k, approximate=True, ef_search=ef_search)}
+        shares.append(len(exact & approx) / max(1, len(exact)))
+    return float(np.mean(shares)) if shares else float("nan")
