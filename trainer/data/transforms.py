@@ -9,10 +9,14 @@ and fundus photographs (which eye).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:  # imported where used: torchvision costs seconds at start-up
+    from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,16 +46,43 @@ class Letterbox:
 
 
 def _to_normalized(mean: Sequence[float], std: Sequence[float]) -> list:
+    from torchvision.transforms import v2
+
     return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
 
-def eval_transform(size: int, mean: Sequence[float] = HALF, std: Sequence[float] = HALF) -> v2.Compose:
+class EvalTransform:
+    """Letterbox to size, scale to [0, 1], normalise: PIL -> float tensor (3, size, size).
+
+    The same arithmetic as torchvision's v2.PILToTensor + ToDtype(float32, scale=True) + Normalize,
+    and the same repr (feature caches are keyed by it), without importing torchvision, which pulls in
+    torch._dynamo and sympy: seconds at the start of every `medhash search` (tests/test_embedded_lite.py
+    checks both against torchvision)."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.letterbox = Letterbox(size)
+        self.mean_list, self.std_list = list(mean), list(std)
+        self.mean = torch.tensor(self.mean_list, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(self.std_list, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.array(self.letterbox(img), dtype=np.uint8)).permute(2, 0, 1)
+        return pixels.to(torch.float32).mul_(1.0 / 255).sub(self.mean).div_(self.std)
+
+    def __repr__(self) -> str:
+        return (f"Compose(\n      {self.letterbox!r}\n      PILToTensor()\n      ToDtype(scale=True)\n"
+                f"      Normalize(mean={self.mean_list}, std={self.std_list}, inplace=False)\n)")
+
+
+def eval_transform(size: int, mean: Sequence[float] = HALF, std: Sequence[float] = HALF) -> EvalTransform:
     """Deterministic: letterbox to size, scale to [0, 1], normalise. PIL -> float tensor (3, size, size)."""
-    return v2.Compose([Letterbox(size), *_to_normalized(mean, std)])
+    return EvalTransform(size, mean, std)
 
 
 def train_transform(size: int, mean: Sequence[float] = HALF, std: Sequence[float] = HALF) -> v2.Compose:
     """Light augmentation that keeps anatomy plausible: small crop/scale, small rotation, contrast."""
+    from torchvision.transforms import v2
+
     return v2.Compose(
         [
             Letterbox(size),

@@ -196,9 +196,11 @@ def _has_trainable(modules: Sequence[nn.Module]) -> bool:
     return any(p.requires_grad for m in modules for p in m.parameters())
 
 
-def build_backbone(spec: str, *, pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+def build_backbone(spec: str, *, pretrained: bool = True, weights_path: str | None = None,
+                   lite: bool = False) -> Backbone:
     """"embedded" (EfficientNet-Lite0 + MiniLM-L6, offline), "tiny" (random, for tests),
-    or "open_clip:<arch>" (weights from `weights_path`; pretrained=False gives random weights)."""
+    or "open_clip:<arch>" (weights from `weights_path`; pretrained=False gives random weights).
+    `lite` (with pretrained=False): the embedded towers in plain PyTorch, to load a checkpoint into."""
     if spec == "tiny":
         from trainer.models.tiny import TinyBackbone
 
@@ -206,7 +208,7 @@ def build_backbone(spec: str, *, pretrained: bool = True, weights_path: str | No
     if spec == "embedded":
         from trainer.models.embedded import EmbeddedBackbone
 
-        return EmbeddedBackbone(pretrained=pretrained)
+        return EmbeddedBackbone(pretrained=pretrained, lite=lite)
     if spec.startswith("open_clip:"):
         from trainer.models.openclip_arch import OpenClipBackbone
 

@@ -151,11 +151,21 @@ class EmbeddedBackbone(Backbone):
     text_token_dim = text_global_dim = 384
     text_prompts_supported = True
 
-    def __init__(self, pretrained: bool = True) -> None:
+    def __init__(self, pretrained: bool = True, *, lite: bool = False) -> None:
+        """`lite`: the same towers in plain PyTorch (embedded_lite.py), for loading a checkpoint to
+        encode with: no open_clip / timm / transformers / torchvision imports, no pretrained weights."""
         super().__init__()
-        self.clip = build_custom_text_clip(pretrained)
+        if lite and pretrained:
+            raise ValueError("the lite embedded backbone only loads checkpoints (pretrained=False)")
         self.max_text_length = MAX_TEXT_LENGTH
-        self.tokenizer = HFTokenizer(str(minilm_dir()), MAX_TEXT_LENGTH)
+        if lite:
+            from trainer.models.embedded_lite import LiteClip, Tokenizer
+
+            self.clip: nn.Module = LiteClip()
+            self.tokenizer = Tokenizer(minilm_dir(), MAX_TEXT_LENGTH)
+        else:
+            self.clip = build_custom_text_clip(pretrained)
+            self.tokenizer = HFTokenizer(str(minilm_dir()), MAX_TEXT_LENGTH)
         self.freeze_except_top(2)
 
     @property

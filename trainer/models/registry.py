@@ -48,15 +48,16 @@ def get_method(name: str) -> type[HashingModel]:
     return _METHODS[name]
 
 
-def build_model(cfg: ModelConfig, *, backbone: Backbone | None = None, pretrained: bool = True) -> HashingModel:
+def build_model(cfg: ModelConfig, *, backbone: Backbone | None = None, pretrained: bool = True,
+                lite: bool = False) -> HashingModel:
     """Build the method named by `cfg.method` on `backbone` (built from cfg when not given).
 
     `pretrained=False` skips loading the backbone's pretrained weights (used when a checkpoint
-    will overwrite them anyway).
+    will overwrite them anyway); `lite` asks for the backbone's plain-PyTorch form where it has one.
     """
     cls = get_method(cfg.method)
     if backbone is None:
-        backbone = build_backbone(cfg.backbone, pretrained=pretrained, weights_path=cfg.weights_path)
+        backbone = build_backbone(cfg.backbone, pretrained=pretrained, weights_path=cfg.weights_path, lite=lite)
     backbone.freeze_except_top(cfg.trainable_top_blocks)
     apply_text_window(backbone, cfg.text_window)
     return cls(cfg, backbone)

@@ -59,11 +59,14 @@ def clean_report(text: str | None, item: str = "report") -> str:
 class EncoderService:
     """Loads one checkpoint (never unpickled) and encodes images and texts with it."""
 
-    def __init__(self, checkpoint_dir: str | Path, device: str = "auto", batch_size: int = 32) -> None:
+    def __init__(self, checkpoint_dir: str | Path, device: str = "auto", batch_size: int = 32, *,
+                 lite: bool = True) -> None:
+        """`lite`: the backbone's plain-PyTorch form where it has one (trainer/models/embedded_lite.py):
+        the same codes, loaded in a fraction of the time and without open_clip/timm/transformers."""
         self.checkpoint_dir = Path(checkpoint_dir)
         self.device = resolve_device(device)
         try:
-            self.model, self.model_cfg, self.meta = load_checkpoint(self.checkpoint_dir, device=self.device)
+            self.model, self.model_cfg, self.meta = load_checkpoint(self.checkpoint_dir, device=self.device, lite=lite)
         except CheckpointError as exc:
             raise ModelError(exc.item, exc.reason) from exc
         self.model.eval()
