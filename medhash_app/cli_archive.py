@@ -88,15 +88,21 @@ def search_cmd(library: LibraryOpt, archive: ArchiveOpt,
                approximate: Annotated[bool, typer.Option("--approximate", help="Use the HNSW index (may miss "
                                                          "hits; see `archive recall`).")] = False,
                ef_search: Annotated[int, typer.Option("--ef-search", min=1)] = 200,
+               mirror: Annotated[Path | None, typer.Option("--mirror", help="Folder of this workstation's "
+                                                           "mirror (`archive mirror`): answers unfiltered exact "
+                                                           "searches while current.")] = None,
                model: Annotated[int | None, typer.Option("--model", help="Library model id that encodes the "
                                                          "query (default: active).")] = None,
                device: Annotated[str, typer.Option("--device")] = "auto", as_json: JsonOpt = False) -> None:
     """Rank archive cases by Hamming distance to the query (exact: the local FAISS order)."""
     from medhash_app.core.archive import ArchiveSearch, connect, describe_target
+    from medhash_app.core.archive.mirror import ArchiveMirror
     from medhash_app.core.archive.query import encode_query, targets_for
     from medhash_app.core.archive.schema import require_archive
+    from medhash_app.core.archive.search import stored_recall
     from medhash_app.core.library import CaseFilter, Library
 
+    recall = None
     try:
         filters = CaseFilter(labels=label or None, modality=modality, view=view, domain=domain,
                              date_from=date_from, date_to=date_to, keyword=keyword)
@@ -104,14 +110,18 @@ def search_cmd(library: LibraryOpt, archive: ArchiveOpt,
             require_archive(conn, describe_target(archive))
             query = encode_query(conn, lib, model_id=model, image=image, text=text, code=code,
                                  code_kind=code_kind, bits=bits, device=device)
-            hits = ArchiveSearch(conn).search(query.archive_model_id, targets_for(query.kind, target), query.bits,
-                                              query.code, k, filters, query_kind=query.kind,
-                                              approximate=approximate, ef_search=ef_search)
+            searcher = ArchiveSearch(conn, ArchiveMirror(mirror, conn) if mirror else None)
+            targets = targets_for(query.kind, target)
+            hits = searcher.search(query.archive_model_id, targets, query.bits, query.code, k, filters,
+                                   query_kind=query.kind, approximate=approximate, ef_search=ef_search)
+            if approximate:
+                recall = {m: stored_recall(conn, query.archive_model_id, m, query.bits, ef_search) for m in targets}
     except MedHashError as exc:
         fail(exc, as_json)
     mode = "hnsw" if approximate else "exact"
     if as_json:
-        emit_json({"archive": describe_target(archive), "answered_by": "server", "mode": mode,
+        emit_json({"archive": describe_target(archive), "answered_by": searcher.last_answer, "mode": mode,
+                   "recall": recall,
                    "model_id": query.archive_model_id, "bits": query.bits, "query_kind": query.kind,
                    "hits": [{"rank": h.rank, "case_id": h.case_id, "case_key": h.case.get("case_key"),
                              "distance": h.distance, "matched": h.matched, "labels": h.case.get("labels"),
@@ -119,7 +129,13 @@ def search_cmd(library: LibraryOpt, archive: ArchiveOpt,
                              "study_date": h.case.get("study_date"), "report": h.case.get("report")}
                             for h in hits]})
         return
-    console.print(f"{len(hits)} hit(s) from the archive server ({mode}, {query.bits} bits)", markup=False)
+    console.print(f"{len(hits)} hit(s), answered by the {searcher.last_answer} ({mode}, {query.bits} bits)",
+                  markup=False)
+    for codes_of, measured in (recall or {}).items():
+        console.print(f"HNSW {codes_of} codes: " + (
+            "recall not measured; run `medhash archive index`" if measured is None else
+            f"recall@{measured['k']} {measured['recall']:.3f} measured at ef_search {measured['ef_search']} "
+            f"over {measured['queries']} queries and {measured['codes']} codes"), markup=False, style="yellow")
     for h in hits:
         report = (h.case.get("report") or "").replace("\n", " ")[:80]
         console.print(f"{h.rank:>3}  d={h.distance:<3} {h.matched:<5} #{h.case_id:<8} "
@@ -153,6 +169,63 @@ def status_cmd(archive: ArchiveOpt, as_json: JsonOpt = False) -> None:
     for s in payload["code_sets"]:
         console.print(f"  model {s['model_id']} {s['name']} ({s['method']}): {s['modality']} {s['bits']} bits, "
                       f"{s['codes']} codes, version {s['version']}", markup=False)
+
+
+@archive_app.command("mirror")
+def mirror_cmd(archive: ArchiveOpt,
+               folder: Annotated[Path, typer.Option("--folder", help="Where this workstation keeps its mirror.")],
+               model: Annotated[int | None, typer.Option("--model", help="Archive model id (default: all).")] = None,
+               as_json: JsonOpt = False) -> None:
+    """Bring this workstation's FAISS mirror of the archive's codes up to date (downloads only what changed)."""
+    from medhash_app.core.archive import connect, describe_target
+    from medhash_app.core.archive.mirror import ArchiveMirror
+    from medhash_app.core.archive.schema import require_archive
+
+    try:
+        with connect(archive, autocommit=True) as conn:
+            require_archive(conn, describe_target(archive))
+            mirror = ArchiveMirror(folder, conn)
+            sets = conn.execute("SELECT model_id, modality, bits FROM medhash.code_versions WHERE %s::bigint IS NULL "
+                                "OR model_id = %s ORDER BY 1, 2, 3", [model, model]).fetchall()
+            done = [{"model_id": m, "modality": mo, "bits": b, "codes": mirror.refresh(m, mo, b)} for m, mo, b in sets]
+    except MedHashError as exc:
+        fail(exc, as_json)
+    except OSError as exc:
+        fail(MedHashError(str(folder), f"cannot write the mirror ({exc.strerror or exc})"), as_json)
+    if as_json:
+        emit_json({"archive": describe_target(archive), "mirrored": done})
+        return
+    for d in done:
+        console.print(f"model {d['model_id']} {d['modality']} {d['bits']} bits: {d['codes']} codes mirrored",
+                      markup=False)
+
+
+@archive_app.command("index")
+def index_cmd(archive: ArchiveOpt,
+              model: Annotated[int, typer.Option("--model", help="Archive model id.")],
+              bits: Annotated[int, typer.Option("--bits", help="Code length.")],
+              modality: Annotated[str, typer.Option("--modality", help="image or text codes.")] = "image",
+              k: Annotated[int, typer.Option("-k", min=1, help="Recall is measured at this k.")] = 10,
+              queries: Annotated[int, typer.Option("--queries", min=1, help="Queries for the recall.")] = 100,
+              as_json: JsonOpt = False) -> None:
+    """Build the HNSW index of one code set and measure its recall@k per ef_search (stored, shown by searches)."""
+    from medhash_app.core.archive import connect, describe_target
+    from medhash_app.core.archive.schema import create_hnsw_index, require_archive
+    from medhash_app.core.archive.search import record_recall
+
+    try:
+        with connect(archive, autocommit=True) as conn:
+            require_archive(conn, describe_target(archive))
+            name = create_hnsw_index(conn, model, modality, bits)
+            measured = record_recall(conn, model, modality, bits, k=k, queries=queries)
+    except MedHashError as exc:
+        fail(exc, as_json)
+    if as_json:
+        emit_json({"index": name, "recall": measured})
+        return
+    for m in measured:
+        console.print(f"ef_search {m['ef_search']:>4}: recall@{m['k']} {m['recall']:.3f} ({m['queries']} queries, "
+                      f"{m['codes']} codes)", markup=False)
 
 
 def register(app: typer.Typer) -> None:

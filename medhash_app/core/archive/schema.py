@@ -13,7 +13,10 @@
   on that partition over `code::bit(K)`.
 - code_versions: a counter per (model, modality, bits) bumped by every publish that adds codes; a
   workstation's FAISS mirror is current while its counter equals this one.
-- archive_meta: schema version (readable by all roles); archive_secret: the salt (writers only).
+- hnsw_recall: recall@k of the HNSW index per ef_search, measured against the exact answer when
+  the index is built (`medhash archive index`) and shown with every approximate search.
+- archive_meta: schema version and a random archive id that names local mirrors (readable by all
+  roles); archive_secret: the salt (writers only).
 """
 
 from __future__ import annotations
@@ -70,6 +73,11 @@ CREATE TABLE IF NOT EXISTS medhash.code_versions (
     model_id bigint NOT NULL, modality text NOT NULL, bits integer NOT NULL,
     version bigint NOT NULL DEFAULT 0, PRIMARY KEY (model_id, modality, bits)
 );
+CREATE TABLE IF NOT EXISTS medhash.hnsw_recall (
+    model_id bigint NOT NULL, modality text NOT NULL, bits integer NOT NULL, ef_search integer NOT NULL,
+    k integer NOT NULL, recall double precision NOT NULL, queries integer NOT NULL, codes bigint NOT NULL,
+    measured_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (model_id, modality, bits, ef_search, k)
+);
 -- Writers may add a model's partition without owning the codes table (CREATE ... PARTITION OF needs
 -- the owner): this function runs as the owner and takes only a model id that exists.
 CREATE OR REPLACE FUNCTION medhash.add_model_partition(model bigint) RETURNS void
@@ -87,11 +95,12 @@ REVOKE ALL ON FUNCTION medhash.add_model_partition(bigint) FROM PUBLIC;
 
 _GRANTS = """
 GRANT USAGE ON SCHEMA medhash TO {reader}, {writer};
-GRANT SELECT ON medhash.archive_meta, medhash.cases, medhash.models, medhash.codes, medhash.code_versions
-    TO {reader}, {writer};
+GRANT SELECT ON medhash.archive_meta, medhash.cases, medhash.models, medhash.codes, medhash.code_versions,
+    medhash.hnsw_recall TO {reader}, {writer};
 GRANT SELECT ON medhash.archive_secret TO {writer};
 GRANT INSERT ON medhash.cases, medhash.models, medhash.codes, medhash.code_versions TO {writer};
 GRANT UPDATE ON medhash.code_versions TO {writer};
+GRANT INSERT, UPDATE ON medhash.hnsw_recall TO {writer};
 GRANT UPDATE (weights) ON medhash.models TO {writer};
 GRANT EXECUTE ON FUNCTION medhash.add_model_partition(bigint) TO {writer};
 """
@@ -110,6 +119,8 @@ def init_archive(conn: psycopg.Connection, *, roles: bool = False) -> dict[str, 
         conn.execute(_TABLES)
         conn.execute("INSERT INTO medhash.archive_secret VALUES ('salt', %s) ON CONFLICT DO NOTHING",
                      [secrets.token_hex(32)])
+        conn.execute("INSERT INTO medhash.archive_meta VALUES ('archive_id', gen_random_uuid()::text) "
+                     "ON CONFLICT DO NOTHING")
         conn.execute("INSERT INTO medhash.archive_meta VALUES ('schema_version', %s) "
                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value", [str(SCHEMA_VERSION)])
         if roles:

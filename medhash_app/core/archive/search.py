@@ -18,6 +18,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from medhash_app.core.archive.mirror import ArchiveMirror
 from medhash_app.core.archive.publish import bit_string
 from medhash_app.core.library.filters import CaseFilter, fts_query
 
@@ -69,15 +70,26 @@ def filter_sql(flt: CaseFilter | None) -> tuple[sql.Composable, list[Any]]:
 
 
 class ArchiveSearch:
-    """Ranks archive cases for packed query codes of one archive model."""
+    """Ranks archive cases for packed query codes of one archive model; with a `mirror`, unfiltered
+    exact searches are answered locally while it is current (core/archive/mirror.py). `last_answer`
+    says who answered the last ranking: "mirror", or "server" with the reason the mirror did not."""
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    def __init__(self, conn: psycopg.Connection, mirror: ArchiveMirror | None = None) -> None:
         self.conn = conn
+        self.mirror = mirror
+        self.last_answer = ""
 
     def rank(self, model_id: int, modality: str, bits: int, query: np.ndarray, k: int,
              filters: CaseFilter | None = None, *, approximate: bool = False,
              ef_search: int = 200) -> list[tuple[int, int]]:
         """[(case id, distance)] best first: ascending distance, then case id."""
+        if self.mirror is not None and not approximate and not _has_filter(filters):
+            found = self.mirror.search(model_id, modality, bits, query, k)
+            self.last_answer = "mirror" if found is not None else "server (mirror stale or absent)"
+            if found is not None:
+                return found
+        else:
+            self.last_answer = "server" if self.mirror is None else "server (filters or approximate)"
         q = _query_bits(query, bits)
         where, params = filter_sql(filters)
         join = sql.SQL("JOIN medhash.cases c ON c.id = k.case_id") if params else sql.SQL("")
@@ -95,6 +107,7 @@ class ArchiveSearch:
             if approximate:
                 self.conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
                 self.conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                self.conn.execute("SET LOCAL enable_seqscan = off")  # approximate means the index, even when small
             rows = self.conn.execute(query_sql, args).fetchall()
         found = [(int(r[0]), int(r[1])) for r in rows]
         return sorted(found, key=lambda r: (r[1], r[0])) if approximate else found
@@ -105,11 +118,14 @@ class ArchiveSearch:
         """Top-k cases over one or both modalities' codes, merged like the local search: by distance,
         cross-modal matches first on a tie, then case id; each case once, with its better match."""
         entries = []
+        answers = set()
         for modality in targets:
             cross = 0 if modality != query_kind else 1
             for case_id, dist in self.rank(model_id, modality, bits, query, k, filters, approximate=approximate,
                                            ef_search=ef_search):
                 entries.append((dist, cross, case_id, modality))
+            answers.add(self.last_answer)
+        self.last_answer = " + ".join(sorted(answers))
         entries.sort()
         seen: set[int] = set()
         picked = []
@@ -137,6 +153,10 @@ class ArchiveSearch:
             [model_id])]
 
 
+def _has_filter(flt: CaseFilter | None) -> bool:
+    return flt is not None and filter_sql(flt)[1] != []
+
+
 def _query_bits(query: np.ndarray, bits: int) -> str:
     packed = np.ascontiguousarray(query, dtype=np.uint8).reshape(-1)
     if packed.size * 8 != bits:
@@ -153,3 +173,40 @@ def measure_recall(search: ArchiveSearch, model_id: int, modality: str, bits: in
         approx = {cid for cid, _ in search.rank(model_id, modality, bits, q, k, approximate=True, ef_search=ef_search)}
         shares.append(len(exact & approx) / max(1, len(exact)))
     return float(np.mean(shares)) if shares else float("nan")
+
+
+def record_recall(conn: psycopg.Connection, model_id: int, modality: str, bits: int, *, k: int = 10,
+                  ef_values: Sequence[int] = (40, 100, 200, 400, 800), queries: int = 100,
+                  seed: int = 0) -> list[dict[str, Any]]:
+    """Measure recall@k of the HNSW index for each ef_search with queries drawn from the archive's
+    codes of the other modality (what a cross-modal search sends), and store it for later searches."""
+    other = "text" if modality == "image" else "image"
+    sample = conn.execute("SELECT code::text FROM medhash.codes WHERE model_id = %s AND modality = %s AND bits = %s "
+                          "ORDER BY md5(case_id::text || %s) LIMIT %s", [model_id, other, bits, str(seed), queries])
+    codes = [np.packbits(np.frombuffer(r[0].encode(), np.uint8) == ord("1")) for r in sample.fetchall()]
+    if not codes:
+        return []
+    total = conn.execute("SELECT count(*) FROM medhash.codes WHERE model_id = %s AND modality = %s AND bits = %s",
+                         [model_id, modality, bits]).fetchone()[0]
+    search = ArchiveSearch(conn)
+    out = []
+    for ef in ef_values:
+        recall = measure_recall(search, model_id, modality, bits, np.stack(codes), k, ef)
+        conn.execute("INSERT INTO medhash.hnsw_recall (model_id, modality, bits, ef_search, k, recall, queries, codes) "
+                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (model_id, modality, bits, ef_search, k) "
+                     "DO UPDATE SET recall = excluded.recall, queries = excluded.queries, codes = excluded.codes, "
+                     "measured_at = now()", [model_id, modality, bits, int(ef), k, recall, len(codes), total])
+        out.append({"ef_search": int(ef), "k": k, "recall": round(recall, 4), "queries": len(codes), "codes": total})
+    return out
+
+
+def stored_recall(conn: psycopg.Connection, model_id: int, modality: str, bits: int, ef_search: int
+                  ) -> dict[str, Any] | None:
+    """The recall measured for this ef_search (or the nearest smaller one measured), or None."""
+    row = conn.execute("SELECT ef_search, k, recall, queries, codes, measured_at FROM medhash.hnsw_recall "
+                       "WHERE model_id = %s AND modality = %s AND bits = %s AND ef_search <= %s "
+                       "ORDER BY ef_search DESC, k LIMIT 1", [model_id, modality, bits, ef_search]).fetchone()
+    if row is None:
+        return None
+    return {"ef_search": row[0], "k": row[1], "recall": round(float(row[2]), 4), "queries": row[3], "codes": row[4],
+            "measured_at": row[5].isoformat(timespec="seconds")}
