@@ -194,6 +194,9 @@ class CardDelegate(QStyledItemDelegate):
         return CARD
 
 
+WIDEST_CELL = {"similarity": "closer than 100 %", "date": "2099-12-31", "distance": "1024"}
+
+
 class ResultsView(QStackedWidget):
     """Holds the list and grid views; emits `hitActivated(Hit)` and `currentHitChanged(Hit)`."""
 
@@ -257,8 +260,9 @@ class ResultsView(QStackedWidget):
         header.setHighlightSections(False)
         widths = {"rank": 36, "image": THUMB + 8, "distance": 64, "similarity": 72, "labels": 170,
                   "modality": 64, "view": 48, "date": 84}
-        for name, width in widths.items():
-            header.resizeSection(COL[name], width)
+        for name, width in widths.items():  # never narrower than the header or the widest usual cell
+            cell = table.fontMetrics().horizontalAdvance(WIDEST_CELL.get(name, "")) + 16
+            header.resizeSection(COL[name], max(width, header.sectionSizeHint(COL[name]), cell))
         header.setSectionResizeMode(COL["report"], QHeaderView.ResizeMode.Stretch)
         header.setMinimumSectionSize(30)
         return table
