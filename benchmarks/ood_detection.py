@@ -135,23 +135,25 @@ def app_screenshots(folder: Path) -> list[Path]:
 
 
 def encode_paths(encoder, paths: list[Path], bits: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Packed codes and image statistics of the files that decode (one at a time, so a bad file
+    """Packed codes, image statistics and stem features of the files that decode (one at a time, so a bad file
     costs only itself), decoded as a query is (core/search/service.py)."""
     from medhash_app.core.image_stats import features
     from medhash_app.core.imaging import load_image, model_image
     from medhash_app.core.ingest.decode import MODEL_SIZE
 
-    codes, feats, failed = [], [], 0
+    codes, feats, stems, failed = [], [], [], 0
     for path in paths:
         try:
             img = load_image(path)
-            codes.append(encoder.encode_loaded([img], embeddings=False).codes[bits][0])
+            enc = encoder.encode_loaded([img], embeddings=False)
+            codes.append(enc.codes[bits][0])
+            stems.append(enc.features[0] if enc.features is not None else None)
             feats.append(features(model_image(img, MODEL_SIZE)))
         except Exception:  # noqa: BLE001 - corrupt test files are expected in the DICOM set
             failed += 1
     if not codes:
-        return np.zeros((0, bits // 8), np.uint8), np.zeros((0, 30), np.float32), failed
-    return np.stack(codes), np.stack(feats), failed
+        return np.zeros((0, bits // 8), np.uint8), np.zeros((0, 30), np.float32), [], failed
+    return np.stack(codes), np.stack(feats), stems, failed
 
 
 def build_library(folder: Path, manifest: Path, backbone: str, epochs: int, bits: int):
@@ -166,7 +168,10 @@ def build_library(folder: Path, manifest: Path, backbone: str, epochs: int, bits
 
 
 def evaluate(session, bits: int, groups: dict[str, tuple[str, list]], rows: list) -> None:
-    """Apply the service's two checks (codes, image statistics) to each group; one table row each."""
+    """Apply the service's checks (codes; image statistics and image features for images; words for
+    reports) to each group; one table row each."""
+    from medhash_app.core.search.domain_checks import library_feature_reference
+    from medhash_app.core.search.lexical import build_lexical_reference
     from medhash_app.core.search.ood import build_reference, knn_scores
 
     model = session.active_model()
@@ -176,21 +181,37 @@ def evaluate(session, bits: int, groups: dict[str, tuple[str, list]], rows: list
         _, lib_codes = session.library.get_codes(model["id"], kind, bits)
         refs[kind] = (build_reference(lib_codes), lib_codes)
     stats = session.searcher._stats_reference()  # what the service calibrates on
+    t0 = time.perf_counter()
+    stems = library_feature_reference(session.library, model["id"], encoder)
+    lexical = build_lexical_reference([c.get("report") or "" for c in session.library.iter_cases()])
+    print(f"feature + word references: {time.perf_counter() - t0:.1f} s", flush=True)
     for name, (kind, items) in groups.items():
+        no = np.zeros(0, bool)
         if kind == "image":
-            q, feats, failed = encode_paths(encoder, items, bits)
+            q, feats, stem, failed = encode_paths(encoder, items, bits)
+            by_stats = np.array([stats.score(f) > stats.threshold for f in feats], bool)
+            by_feat = (np.array([stems.score(f) > stems.threshold for f in stem], bool) if stems is not None
+                       else np.zeros(len(q), bool))
+            by_words = no
         else:
-            q, feats, failed = encoder.encode_texts(items, embeddings=False).codes[bits], None, 0
+            q, failed = encoder.encode_texts(items, embeddings=False).codes[bits], 0
+            by_words = (np.array([lexical.score(t) > lexical.threshold for t in items], bool) if lexical is not None
+                        else np.zeros(len(q), bool))
+            by_stats = by_feat = np.zeros(len(q), bool)
         ref, lib_codes = refs[kind]
         scores = knn_scores(q, lib_codes, ref.k) if len(q) else np.zeros(0)
         by_code = scores > ref.threshold
-        by_stats = (np.array([stats.score(f) > stats.threshold for f in feats], bool) if feats is not None
-                    else np.zeros(len(q), bool))
-        either = by_code | by_stats
+        # what search reports (core/search/service.py): any check for images; for reports the word
+        # check decides when it can judge (the code check only without one)
+        either = by_code | by_stats | by_feat if kind == "image" else (by_words if lexical is not None else by_code)
         n = max(1, len(q))
-        rows.append([name, kind, len(q), failed, f"{100 * by_code.sum() / n:.1f} %",
-                     f"{100 * by_stats.sum() / n:.1f} %" if kind == "image" else "–",
-                     int(either.sum()), f"{100 * either.sum() / n:.1f} %"])
+        rows.append([name, kind, len(q), failed, _pct(by_code, n), _pct(by_stats, n, kind == "image"),
+                     _pct(by_feat, n, kind == "image"), _pct(by_words, n, kind == "text"), int(either.sum()),
+                     _pct(either, n)])
+
+
+def _pct(flags: np.ndarray, n: int, applies: bool = True) -> str:
+    return f"{100 * flags.sum() / n:.1f} %" if applies else "–"
 
 
 def main() -> None:
@@ -261,16 +282,23 @@ def main() -> None:
         }
         evaluate(session, args.bits, groups, rows)
         session.close()
-        headers = ["queries", "kind", "n", "failed to decode", "flagged by codes", "flagged by image statistics",
-                   "flagged (either: what search reports)", "flagged rate"]
+        headers = ["queries", "kind", "n", "failed to decode", "flagged by codes", "by image statistics",
+                   "by image features", "by words", "flagged (any: what search reports)", "flagged rate"]
         md.paragraph(f"Fundus library: {ingest_report.added} ODIR-5K images (rows 0-{args.library_size - 1} of "
                      f"pairs.jsonl), BASE, {args.backbone} backbone, {args.epochs} epochs, {args.bits} bits; "
                      f"library + training took {build_s:.0f} s. Score = mean Hamming distance to the 5 nearest "
                      f"library codes of the query's kind; threshold = 99th percentile of held-out library "
                      f"items' leave-one-out scores + 1 bit. Image queries are also checked by image statistics "
                      f"(core/image_stats.py: 30 model-free numbers; k-NN distance to the library's images, "
-                     f"threshold the 99th percentile of held-out library images); search reports a "
-                     f"query out of domain when either check says so.")
+                     f"threshold the 99th percentile of held-out library images) and by image features "
+                     f"(core/search/feature_ood.py: mean cosine distance of the backbone's pooled frozen-stem "
+                     f"features to the 5 nearest of up to 1,000 library images, threshold 1.25 x the 99th "
+                     f"percentile of held-out library images); report queries also by words "
+                     f"(core/search/lexical.py: TF-IDF over the library's reports and their sentences, word 1-2 "
+                     f"grams + char 3-5 grams, 1 - cosine similarity to the most similar unit, threshold 1.15 x "
+                     f"the 99th percentile of held-out units scored against the other reports). Search reports an "
+                     f"image query out of domain when any image check says so; for a report query the word check "
+                     f"decides (the code check only when there are too few reports).")
         md.heading("Fundus library")
         md.table(headers, rows)
 

@@ -28,7 +28,8 @@ def test_search_json_has_the_documented_shape(tiny_library: Path) -> None:
     code, payload = _json(["search", "--library", str(tiny_library), "--text", "pleural effusion", "-k", "4"])
     assert code == 0
     assert set(payload) == {"query_kind", "model_id", "bits", "device", "timing_ms", "query_findings", "hits",
-                            "out_of_domain", "out_of_domain_reason", "domain_score", "domain_threshold"}
+                            "out_of_domain", "out_of_domain_reason", "domain_score", "domain_threshold",
+                            "query_domain"}
     assert payload["query_kind"] == "text" and payload["bits"] == 32 and len(payload["hits"]) == 4
     hit = payload["hits"][0]
     assert {"rank", "case_id", "matched", "distance", "similarity", "labels", "report", "source_path"} <= set(hit)

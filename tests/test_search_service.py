@@ -37,13 +37,19 @@ def _brute_force(session: MedHashSession, query_code: np.ndarray, modality: str,
     return [(int(dist[i]), str(ids[i])) for i in order if allowed is None or ids[i] in allowed]
 
 
+def _in_domain(session: MedHashSession, domain: str | None) -> set[str] | None:
+    """The cases a report query clearly worded in one domain is ranked among (core/search/lexical.py)."""
+    return None if domain is None else {c["id"] for c in session.library.iter_cases() if c["domain"] == domain}
+
+
 def test_text_query_ranks_images_exactly_by_the_documented_rule(session: MedHashSession) -> None:
     text = "Large left pleural effusion. Heart size is enlarged."
     result = session.search(SearchQuery(text=text, k=25))
     assert result.query_kind == "text" and all(h.matched == "image" for h in result.hits)
     encoder = session.encoders.get(session.active_model())
     code = encoder.encode_texts([text]).codes[result.bits][0]
-    expected = _brute_force(session, code, "image", result.bits)[:25]
+    assert result.query_domain == "chest"
+    expected = _brute_force(session, code, "image", result.bits, _in_domain(session, result.query_domain))[:25]
     assert [(h.distance, h.case["id"]) for h in result.hits] == expected
     assert result.hits[0].similarity == pytest.approx(1 - result.hits[0].distance / result.bits)
     assert "Pleural Effusion" in result.query_findings and "Cardiomegaly" in result.query_findings
@@ -183,5 +189,7 @@ def test_codes_rewritten_by_another_process_are_read_again(session: MedHashSessi
         other.put_codes(model["id"], "image", first.bits, list(ids), np.ascontiguousarray(codes[::-1]))
     again = session.search(SearchQuery(text=text, k=10))
     code = session.encoders.get(model).encode_texts([text]).codes[first.bits][0]
-    assert [(h.distance, h.case["id"]) for h in again.hits] == _brute_force(session, code, "image", first.bits)[:10]
+    allowed = _in_domain(session, again.query_domain)
+    assert [(h.distance, h.case["id"]) for h in again.hits] == _brute_force(session, code, "image", first.bits,
+                                                                           allowed)[:10]
     assert [h.case["id"] for h in again.hits] != [h.case["id"] for h in first.hits]

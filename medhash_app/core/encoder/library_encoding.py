@@ -15,9 +15,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import numpy as np
 from PIL import Image
 
 from medhash_app.core.encoder.service import EncodedBatch, EncoderService, image_meta
+from medhash_app.core.encoder.stem_features import save_features
 from medhash_app.core.errors import CorruptFileError
 from medhash_app.core.library import Library
 
@@ -63,17 +65,26 @@ def encode_library(library: Library, model_id: int, encoder: EncoderService, *, 
     done = 0
     if progress is not None and todo:  # the total is known before the first (slow) batch
         progress(0, len(todo))
-    for start in range(0, len(todo), batch_size):
-        if cancel is not None and cancel.is_set():
-            break
-        cases = library.get_cases(todo[start:start + batch_size])
-        texts = [c for c in cases if c["id"] not in have_text and c.get("report") and c["report"].strip()]
-        if texts:
-            _store(library, model_id, "text", [c["id"] for c in texts],
-                   encoder.encode_texts([c["report"] for c in texts]))
-        _store(library, model_id, "image", [c["id"] for c in cases],
-               encoder.encode_pil(_load_inputs(library, cases), meta=[case_image_meta(c) for c in cases]))
-        done += len(cases)
-        if progress is not None:
-            progress(done, len(todo))
+    feature_ids: list[str] = []
+    features: list[np.ndarray] = []
+    try:
+        for start in range(0, len(todo), batch_size):
+            if cancel is not None and cancel.is_set():
+                break
+            cases = library.get_cases(todo[start:start + batch_size])
+            texts = [c for c in cases if c["id"] not in have_text and c.get("report") and c["report"].strip()]
+            if texts:
+                _store(library, model_id, "text", [c["id"] for c in texts],
+                       encoder.encode_texts([c["report"] for c in texts]))
+            images = encoder.encode_pil(_load_inputs(library, cases), meta=[case_image_meta(c) for c in cases])
+            _store(library, model_id, "image", [c["id"] for c in cases], images)
+            if images.features is not None:  # kept for the out-of-domain image check (search/feature_ood.py)
+                feature_ids += [c["id"] for c in cases]
+                features.append(images.features)
+            done += len(cases)
+            if progress is not None:
+                progress(done, len(todo))
+    finally:
+        if features:
+            save_features(library.folder, model_id, str(encoder.checkpoint_dir), feature_ids, np.concatenate(features))
     return done

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from medhash_app.core.encoder.stem_features import capture, stem_module
 from medhash_app.core.errors import InvalidReportError, ModelError
 from medhash_app.core.imaging import LoadedImage, load_image, model_image
 from trainer.checkpoint import load_checkpoint
@@ -40,6 +41,8 @@ class EncodedBatch:
 
     codes: dict[int, np.ndarray]  # bits -> (N, bits/8) uint8
     embeddings: np.ndarray  # (N, D) float32, L2-normalised
+    # images only: pooled output of the tower's frozen pretrained layers (core/encoder/stem_features.py)
+    features: np.ndarray | None = None
 
 
 def clean_report(text: str | None, item: str = "report") -> str:
@@ -71,6 +74,7 @@ class EncoderService:
             raise ModelError(exc.item, exc.reason) from exc
         self.model.eval()
         self.batch_size = batch_size
+        self._stem = stem_module(self.model.backbone)
 
     @property
     def bits(self) -> list[int]:
@@ -93,8 +97,11 @@ class EncoderService:
             chunk = images[start:start + self.batch_size]
             chunk_meta = list(meta[start:start + self.batch_size]) if meta is not None else None
             x = torch.stack([self.model.backbone.preprocess(im) for im in chunk]).to(self.device)
-            emb = self.model.embed_image(x, meta=chunk_meta) if embeddings else None
-            parts.append(self._finish(self.model.encode_image(x, meta=chunk_meta), emb))
+            with capture(self._stem) as stems:  # the same forward, no second pass
+                emb = self.model.embed_image(x, meta=chunk_meta) if embeddings else None
+                part = self._finish(self.model.encode_image(x, meta=chunk_meta), emb)
+            part.features = stems[0].numpy() if stems and len(stems[0]) == len(chunk) else None
+            parts.append(part)
         return _concat(parts, self.bits)
 
     def encode_loaded(self, images: Sequence[LoadedImage], *, embeddings: bool = True) -> EncodedBatch:
@@ -135,7 +142,9 @@ def _concat(parts: list[EncodedBatch], bits: list[int]) -> EncodedBatch:
     if not parts:
         return EncodedBatch({b: np.zeros((0, b // 8), np.uint8) for b in bits}, np.zeros((0, 0), np.float32))
     codes = {b: np.concatenate([p.codes[b] for p in parts]) for b in parts[0].codes}
-    return EncodedBatch(codes, np.concatenate([p.embeddings for p in parts]))
+    features = (np.concatenate([p.features for p in parts]) if all(p.features is not None for p in parts)
+                else None)
+    return EncodedBatch(codes, np.concatenate([p.embeddings for p in parts]), features)
 
 
 ProgressFn = Callable[[int, int], None]

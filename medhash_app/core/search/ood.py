@@ -48,10 +48,9 @@ class OodReference:
 
     def reason(self, score: float, kind: str, bits: int) -> str:
         what = "image" if kind == "image" else "report"
-        return (f"This {what} is unlike every case in this library: its nearest {self.k} library {what}s differ in "
-                f"{score:.1f} of {bits} bits on average, more than {PERCENTILE:g} % of the library's own {what}s "
-                f"do ({self.threshold:.1f} bits or fewer, over {self.cases} cases). The matches below are the "
-                f"least unlike cases, not similar ones.")
+        return (f"Code check: its nearest {self.k} library {what}s differ in {score:.1f} of {bits} bits on average, "
+                f"more than {PERCENTILE:g} % of the library's own {what}s do ({self.threshold:.1f} bits or fewer, "
+                f"over {self.cases} cases).")
 
 
 def knn_scores(q: np.ndarray, codes: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:

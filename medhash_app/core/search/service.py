@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
@@ -34,6 +34,9 @@ from medhash_app.core.ingest.decode import MODEL_SIZE
 from medhash_app.core.library import Library
 from medhash_app.core.library.filters import CaseFilter
 from medhash_app.core.search import ood as ood_module
+from medhash_app.core.search.domain_checks import Verdict, combine, library_feature_reference
+from medhash_app.core.search.feature_ood import FeatureReference
+from medhash_app.core.search.lexical import LexicalReference, build_lexical_reference
 from medhash_app.core.search.ood import (
     MatchReference,
     OodReference,
@@ -98,7 +101,7 @@ class SearchService:
         self.index_kind = index_kind
         self._loaded: dict[str, LoadedCodes] = {}
         self._data_version: int | None = None  # the library's data_version when _loaded was filled
-        self._refs: dict[tuple, OodReference | MatchReference | None] = {}  # out-of-domain calibration
+        self._refs: dict[tuple, object] = {}  # out-of-domain calibration (ood, stats, lex, feat, match)
 
     # -- public -------------------------------------------------------------------------------
     def search(self, query: SearchQuery, model_id: int | None = None) -> SearchResult:
@@ -112,12 +115,18 @@ class SearchService:
         self._require_codes(model, targets, bits)
         shortlist = query.k * (RERANK_SHORTLIST if query.rerank else 1)
         flt = _normalise(query.filters)
+        query_domain = self._query_domain(query.text or "", flt) if kind == "text" else None
+        if query_domain is not None:  # a chest report searches chest cases: no fundus photo at rank 5
+            flt = replace(flt or CaseFilter(), domain=[query_domain])
         ranked = [self._rank(model["id"], m, bits, encoded.codes[bits][0], shortlist, flt) for m in targets]
         hits = self._hits(ranked, bits, kind, query, encoded, model["id"], findings)
-        ood, reason, score, threshold = self._domain_check(model["id"], kind, bits, encoded.codes[bits][0])
-        if kind == "image" and not ood:  # the model-free check: codes alone miss most foreign images
-            looks_out, looks_reason = self._image_check(query)
-            ood, reason = (True, looks_reason) if looks_out else (ood if ood is not None else looks_out, reason)
+        by_codes, score, threshold = self._domain_check(model["id"], kind, bits, encoded.codes[bits][0])
+        if kind == "image":  # codes alone miss most foreign images
+            verdicts = [by_codes, self._image_check(query), self._feature_check(model["id"], encoder, encoded.features)]
+        else:  # words decide for reports: codes miss a third of foreign reports and flag short in-domain ones
+            by_words = self._text_check(query.text or "")
+            verdicts = [by_words] if by_words.out is not None else [by_codes]
+        ood, reason = combine(kind, verdicts)
         for hit in hits:
             ref = self._match_reference(model["id"], kind, hit.matched, bits)
             hit.closer_than = None if ref is None else ref.closer_than(hit.distance)
@@ -125,12 +134,13 @@ class SearchService:
         return SearchResult(hits=hits, bits=bits, model_id=model["id"], device=encoder.device,
                             encode_ms=(t1 - t0) * 1e3, search_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3,
                             query_kind=kind, query_findings=findings, out_of_domain=ood,
-                            out_of_domain_reason=reason, domain_score=score, domain_threshold=threshold)
+                            out_of_domain_reason=reason, domain_score=score, domain_threshold=threshold,
+                            query_domain=query_domain)
 
     def _domain_check(self, model_id: int, kind: str, bits: int,
-                      q: np.ndarray) -> tuple[bool | None, str | None, float | None, float | None]:
-        """(out of domain?, plain reason, score, threshold) against the library's own codes of the
-        query's modality, whatever the filters (core/search/ood.py); None when too few codes to judge."""
+                      q: np.ndarray) -> tuple[Verdict, float | None, float | None]:
+        """(verdict, score, threshold) against the library's own codes of the query's modality,
+        whatever the filters (core/search/ood.py); no verdict when too few codes to judge."""
         loaded = self.warm(model_id, kind, bits)
         key = ("ood", model_id, kind, bits, len(loaded.ids), self._data_version)
         if key not in self._refs:
@@ -138,12 +148,52 @@ class SearchService:
                                           OodReference, lambda: build_reference(loaded.codes))
         ref = self._refs[key]
         if not isinstance(ref, OodReference):
-            return None, None, None, None
+            return Verdict(None), None, None
         score = float(knn_scores(q[None, :], loaded.codes, ref.k)[0])
         out = ref.is_out(score)
-        return out, (ref.reason(score, kind, bits) if out else None), round(score, 3), round(ref.threshold, 3)
+        return Verdict(out, ref.reason(score, kind, bits) if out else None), round(score, 3), round(ref.threshold, 3)
 
-    def _image_check(self, query: SearchQuery) -> tuple[bool | None, str | None]:
+    def _lexical(self) -> LexicalReference | None:
+        """TF-IDF over the library's reports (core/search/lexical.py), fitted once per library state
+        (case count and data_version, like the image-statistics reference)."""
+        key = ("lex", self.library.count_cases(), self.library.data_version())
+        if key not in self._refs:
+            self._refs = {k: v for k, v in self._refs.items() if k[0] != "lex"}
+            cases = [(c.get("report") or "", c.get("domain")) for c in self.library.iter_cases()]
+            self._refs[key] = build_lexical_reference([r for r, _ in cases], [d for _, d in cases])
+        ref = self._refs[key]
+        return ref if isinstance(ref, LexicalReference) else None
+
+    def _query_domain(self, text: str, flt: CaseFilter | None) -> str | None:
+        """The one library domain a report query is clearly written in (its most similar library
+        reports all belong to it), unless the user chose domains; None otherwise."""
+        if flt is not None and flt.domain:
+            return None
+        ref = self._lexical()
+        return ref.domain_of(text) if ref is not None and text.strip() else None
+
+    def _text_check(self, text: str) -> Verdict:
+        """Is the report worded like the library's reports (TF-IDF, core/search/lexical.py)?"""
+        ref = self._lexical()
+        if ref is None or not text.strip():
+            return Verdict(None)
+        score = ref.score(text)
+        return Verdict(ref.is_out(score), ref.reason(score) if ref.is_out(score) else None)
+
+    def _feature_check(self, model_id: int, encoder: EncoderService, features: np.ndarray | None) -> Verdict:
+        """Does the query image look like the library's images to the pretrained layers
+        (core/search/feature_ood.py)? The query's features come from its own encoding forward."""
+        key = ("feat", model_id, self.library.count_cases(), self._data_version)
+        if key not in self._refs:
+            self._refs = {k: v for k, v in self._refs.items() if k[0] != "feat" or k[1] != model_id}
+            self._refs[key] = library_feature_reference(self.library, model_id, encoder)
+        ref = self._refs[key]
+        if not isinstance(ref, FeatureReference) or features is None or not len(features):
+            return Verdict(None)
+        score = ref.score(features[0])
+        return Verdict(ref.is_out(score), ref.reason(score) if ref.is_out(score) else None)
+
+    def _image_check(self, query: SearchQuery) -> Verdict:
         """Does the query image look like any library image (colour, grey level, field of view,
         texture; core/image_stats.py)? None when the library has too few images to judge."""
         key = ("stats", self.library.count_cases(), self._data_version)
@@ -152,15 +202,14 @@ class SearchService:
             self._refs[key] = self._stats_reference()
         ref = self._refs[key]
         if not isinstance(ref, StatsReference) or query.image_path is None:
-            return None, None
+            return Verdict(None)
         img = model_image(load_image(query.image_path, frame=query.frame), MODEL_SIZE)
         score = ref.score(features(img))
         if score <= ref.threshold:
-            return False, None
-        return True, (f"This image does not look like any image in this library: its colour, grey levels, field of "
-                      f"view and texture are {score:.1f} units from its 5 nearest library images, more than "
-                      f"{PERCENTILE:g} % of the library's own images are ({ref.threshold:.1f} or fewer). The "
-                      f"matches below are the least unlike cases, not similar ones.")
+            return Verdict(False)
+        return Verdict(True, f"Image statistics check: its colour, grey levels, field of view and texture are "
+                             f"{score:.1f} units from its 5 nearest library images, more than {PERCENTILE:g} % of "
+                             f"the library's own images are ({ref.threshold:.1f} or fewer).")
 
     def _saved(self, name: str, code_keys: list[tuple[int, str, int]], module: ModuleType, cls: type,
                build: Callable[[], Any]) -> Any:

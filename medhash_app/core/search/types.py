@@ -57,6 +57,8 @@ class SearchResult:
     out_of_domain_reason: str | None = None
     domain_score: float | None = None  # mean Hamming distance to the K nearest library codes of the query's kind
     domain_threshold: float | None = None  # scores above it are out of domain
+    # a report query clearly worded like one library domain's reports searches that domain only
+    query_domain: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Stable JSON shape of `medhash search --json` (documented in docs/cli.md)."""
@@ -72,6 +74,7 @@ class SearchResult:
             "out_of_domain_reason": self.out_of_domain_reason,
             "domain_score": self.domain_score,
             "domain_threshold": self.domain_threshold,
+            "query_domain": self.query_domain,
             "hits": [
                 {
                     "rank": h.rank, "case_id": h.case.get("id"), "matched": h.matched,
