@@ -16,8 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import psycopg
 import pytest
+from PIL import Image
 
-from medhash_app.core.library import Library
+from medhash_app.core.library import Library, thumb_rel_path
 
 _state: dict[str, Any] = {}
 LABELS = ("effusion", "cardiomegaly", "edema", "normal", "glaucoma")
@@ -66,10 +67,11 @@ def make_checkpoint(folder: Path, bits: list[int]) -> Path:
 
 
 def make_library(folder: Path, n: int, *, bits: tuple[int, ...] = (16, 32), start: int = 0, seed: int = 0,
-                 distinct: int = 12, checkpoint: Path | None = None) -> Library:
+                 distinct: int = 12, checkpoint: Path | None = None, thumbs: int = 0) -> Library:
     """`n` cases (ids case-{start}..) with labels, views, dates and reports; codes for image and text
     drawn from `distinct` values per length, so most distances tie. Case i's content and codes depend
-    only on i, so two libraries with overlapping ranges hold the same cases."""
+    only on i, so two libraries with overlapping ranges hold the same cases. The first `thumbs` cases get
+    a JPEG thumbnail carrying an EXIF comment (which publishing must drop)."""
     lib = Library.open(folder, create=True)
     rows = []
     for i in range(start, start + n):
@@ -79,6 +81,12 @@ def make_library(folder: Path, n: int, *, bits: tuple[int, ...] = (16, 32), star
                      "labels": sorted({LABELS[j] for j in r.integers(0, len(LABELS), 2)}),
                      "report": " ".join(WORDS[j] for j in r.integers(0, len(WORDS), 6)),
                      "study_date": f"20{10 + i % 10}-0{1 + i % 9}-1{i % 10}", "patient_key": f"p{i % 40:030x}"})
+    for row in rows[:thumbs]:
+        row["thumb_path"] = thumb_rel_path(row["id"])
+        exif = Image.Exif()
+        exif[0x010E] = "PATIENT NAME IN EXIF"  # ImageDescription
+        (folder / row["thumb_path"]).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (32, 32), 128).save(folder / row["thumb_path"], format="JPEG", exif=exif)
     lib.add_cases(rows)
     ckpt = checkpoint or make_checkpoint(folder.parent / f"{folder.name}-ckpt", list(bits))
     model_id = lib.register_model("archive-test", "base", list(bits), ckpt, activate=True)

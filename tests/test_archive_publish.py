@@ -42,7 +42,7 @@ def _publish_cli(library: Path, url: str, batch: int) -> subprocess.Popen:
 
 def test_publish_is_deidentified_and_republish_adds_nothing(tmp_path: Path) -> None:
     url = _archive(fresh_archive_url())
-    with make_library(tmp_path / "lib", 120) as lib:
+    with make_library(tmp_path / "lib", 120, thumbs=3) as lib:
         first = publish_library(lib, url, batch=50)
         again = publish_library(lib, url, batch=50)
         ids = lib.case_ids()
@@ -53,6 +53,7 @@ def test_publish_is_deidentified_and_republish_adds_nothing(tmp_path: Path) -> N
         salt = conn.execute("SELECT value FROM medhash.archive_secret").fetchone()[0]
         rows = conn.execute("SELECT id, content_key, case_key, patient_key, study_date::text, report "
                             "FROM medhash.cases ORDER BY id").fetchall()
+        thumbs = [bytes(r[0]) for r in conn.execute("SELECT thumbnail FROM medhash.cases WHERE thumbnail IS NOT NULL")]
         versions = conn.execute("SELECT modality, bits, version FROM medhash.code_versions ORDER BY 1, 2").fetchall()
     assert [r[1] for r in rows] == [content_key(salt, i) for i in ids]  # library order kept: ties break alike
     text = repr(rows)
@@ -60,6 +61,7 @@ def test_publish_is_deidentified_and_republish_adds_nothing(tmp_path: Path) -> N
     with Library.open(tmp_path / "lib") as lib:
         days = date_shift_days(lib, salt)
     assert days != 0 and [r[4] for r in rows] == [str(dt.date.fromisoformat(d) + dt.timedelta(days=days)) for d in dates]
+    assert len(thumbs) == 3 and all(t[:2] == b"\xff\xd8" and b"PATIENT NAME" not in t for t in thumbs)
     assert versions == [("image", 16, 3), ("image", 32, 3), ("text", 16, 3), ("text", 32, 3)]  # 3 batches, not 6
 
 
