@@ -18,6 +18,7 @@ from PIL import Image
 from medhash_app.core.encoder.stem_features import capture, stem_module
 from medhash_app.core.errors import InvalidReportError, ModelError
 from medhash_app.core.imaging import LoadedImage, load_image, model_image
+from medhash_app.core.imaging.render import MODEL_SIDE
 from trainer.checkpoint import load_checkpoint
 from trainer.data.captions import IMAGE_META_KEYS
 from trainer.errors import CheckpointError
@@ -110,7 +111,9 @@ class EncoderService:
 
     def encode_files(self, paths: Sequence[str | Path], frame: int | None = None, *,
                      embeddings: bool = True) -> EncodedBatch:
-        return self.encode_loaded([load_image(Path(p), frame=frame) for p in paths], embeddings=embeddings)
+        # the model input is MODEL_SIDE wide: a JPEG 2000 file may decode at a reduced resolution
+        return self.encode_loaded([load_image(Path(p), frame=frame, min_side=MODEL_SIDE) for p in paths],
+                                  embeddings=embeddings)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], *, embeddings: bool = True) -> EncodedBatch:

@@ -27,6 +27,7 @@ from pydicom.uid import (
 
 from medhash_app.core.errors import CorruptFileError, ImageTooLargeError, MedHashError, UnsupportedFileError
 from medhash_app.core.imaging.facts import facts_from_dataset, int_value, text_value
+from medhash_app.core.imaging.j2k_reduced import decode_reduced
 from medhash_app.core.imaging.loaded import LoadedImage, VoiLut
 from medhash_app.core.input_files import open_input
 
@@ -56,12 +57,12 @@ def looks_like_dicom(path: str | Path) -> bool:
 
 
 def load_dicom(path: Path, *, frame: int | None, salt: bytes | str, max_pixels: int,
-               key: bytes | None = None) -> LoadedImage:
+               key: bytes | None = None, min_side: int | None = None) -> LoadedImage:
     """Decode one frame of a DICOM file into a LoadedImage (modality LUT applied, no VOI yet).
     Whatever fails is a MedHashError naming the file in plain words; the original exception is its
-    __cause__ (for the log, never for the user)."""
+    __cause__ (for the log, never for the user). `min_side`: see `load_image`."""
     try:
-        return _load_dicom(path, frame=frame, salt=salt, max_pixels=max_pixels, key=key)
+        return _load_dicom(path, frame=frame, salt=salt, max_pixels=max_pixels, key=key, min_side=min_side)
     except (MedHashError, MemoryError, KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # a header value no code path expected (a fuzzed LUT...)
@@ -70,7 +71,7 @@ def load_dicom(path: Path, *, frame: int | None, salt: bytes | str, max_pixels: 
 
 
 def _load_dicom(path: Path, *, frame: int | None, salt: bytes | str, max_pixels: int,
-                key: bytes | None) -> LoadedImage:
+                key: bytes | None, min_side: int | None = None) -> LoadedImage:
     header = read_header(path)
     tsyntax = transfer_syntax(header)
     rows, cols, frames = geometry(header, path)
@@ -78,7 +79,11 @@ def _load_dicom(path: Path, *, frame: int | None, salt: bytes | str, max_pixels:
         raise ImageTooLargeError(path, f"the image has {rows} x {cols} pixels x {frames} frame(s) = "
                                        f"{rows * cols * frames:,} pixels, over the limit of {max_pixels:,}")
     index = choose_frame(frame, frames, path)
-    stored = decode_frame(path, header, tsyntax, None if frames == 1 else index)
+    stored = decode_reduced(path, header, tsyntax, min_side) if min_side else None
+    if stored is None:
+        stored = decode_frame(path, header, tsyntax, None if frames == 1 else index)
+    elif stored.shape[:2] != (rows, cols):  # a reduced J2K decode: the model input only needs min_side
+        rows, cols = stored.shape[:2]
     if stored.ndim not in (2, 3) or stored.shape[:2] != (rows, cols):
         raise CorruptFileError(path, "the decoded pixel data does not have the image size the header gives "
                                      "(Rows, Columns, Samples per Pixel or Number of Frames is wrong)")

@@ -17,7 +17,8 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def load_image(path: str | Path, *, frame: int | None = None, salt: bytes | str = b"",
-               max_pixels: int = DEFAULT_MAX_PIXELS, key: bytes | None = None) -> LoadedImage:
+               max_pixels: int = DEFAULT_MAX_PIXELS, key: bytes | None = None,
+               min_side: int | None = None) -> LoadedImage:
     """Decode `path` (DICOM, PNG, JPEG or TIFF) into a LoadedImage.
 
     Files without a known suffix are accepted when their content is DICOM (archives often drop the
@@ -25,6 +26,9 @@ def load_image(path: str | Path, *, frame: int | None = None, salt: bytes | str 
     formats to the first. Pixel counts above `max_pixels` (all frames) are refused from the header,
     before decoding. Raises UnsupportedFileError, CorruptFileError or ImageTooLargeError.
     `salt` and `key` make `facts.patient_key` the library's keyed pseudonym (core/pseudonym.py).
+    `min_side`: the caller only needs an image whose long side is at least this (the model input):
+    a JPEG 2000 DICOM may then come back at a reduced resolution (imaging/j2k_reduced.py). The viewer
+    leaves it None and always gets the full image.
     """
     path = Path(path)
     size = file_size(path)
@@ -36,7 +40,7 @@ def load_image(path: str | Path, *, frame: int | None = None, salt: bytes | str 
     if suffix in DICOM_SUFFIXES or looks_like_dicom(path):
         if size == 0:
             raise CorruptFileError(path, "the file is empty (0 bytes)")
-        return load_dicom(path, frame=frame, salt=salt, max_pixels=max_pixels, key=key)
+        return load_dicom(path, frame=frame, salt=salt, max_pixels=max_pixels, key=key, min_side=min_side)
     shown = f"'{suffix}' files are" if suffix else "files without a suffix that are not DICOM are"
     raise UnsupportedFileError(path, f"{shown} not supported; MedHash reads DICOM, PNG, JPEG and TIFF")
 

@@ -17,6 +17,9 @@ from medhash_app.core.imaging.windowing import robust_window, voi_lut_to_uint8, 
 _RESAMPLE = Image.Resampling.LANCZOS
 
 
+
+MODEL_SIDE = 256  # the stored and query model input's side (ingest.decode.MODEL_SIZE)
+
 def render(img: LoadedImage, window: Window | None = None, invert: bool | None = None) -> np.ndarray:
     """uint8 HxW (grey) or HxWx3 (RGB) for display.
 
@@ -43,7 +46,7 @@ def to_pil(img: LoadedImage, window: Window | None = None) -> Image.Image:
     return Image.fromarray(render(img, window))
 
 
-def model_image(img: LoadedImage, size: int = 256) -> Image.Image:
+def model_image(img: LoadedImage, size: int = MODEL_SIDE) -> Image.Image:
     """The model input: RGB, aspect ratio kept, letterboxed onto a black `size` x `size` square.
 
     Ingest stores it, queries compute it on the fly and training reads the stored copy, so all

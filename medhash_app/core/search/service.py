@@ -203,7 +203,7 @@ class SearchService:
         ref = self._refs[key]
         if not isinstance(ref, StatsReference) or query.image_path is None:
             return Verdict(None)
-        img = model_image(load_image(query.image_path, frame=query.frame), MODEL_SIZE)
+        img = model_image(load_image(query.image_path, frame=query.frame, min_side=MODEL_SIZE), MODEL_SIZE)
         score = ref.score(features(img))
         if score <= ref.threshold:
             return Verdict(False)
