@@ -1,19 +1,28 @@
 """A real Orthanc PACS for the PACS tests: its own process, config, ports and storage folder.
 
-Orthanc 1.10 (Debian 12) has no option to choose the address it binds; it is configured so that
-only loopback peers get anything from it: the REST API refuses remote clients
-("RemoteAccessAllowed": false) and DICOM peers other than the registered MedHash node at
-127.0.0.1 are refused (no "DicomAlwaysAllow*", "DicomCheckModalityHost"). MedHash's own listener
-binds 127.0.0.1 only. `.ci/run` installs the Debian packages `orthanc` and `orthanc-dicomweb`.
+Orthanc 1.10 (Debian 12) has no option for the address it binds ("HttpBindAddresses" came in a
+later release, and its DICOM server has none), so it runs with tests/loopback_bind.c preloaded: a
+bind() to 0.0.0.0 or :: binds 127.0.0.1 or ::1 instead. The shim is compiled here with the system C
+compiler; without one the PACS tests skip (they never run Orthanc on all interfaces). start() then
+reads the listening sockets of the Orthanc process and fails if any is not on loopback. As a second
+line, only loopback peers get anything from it: the REST API refuses remote clients
+("RemoteAccessAllowed": false) and DICOM peers other than the registered MedHash node at 127.0.0.1
+are refused (no "DicomAlwaysAllow*", "DicomCheckModalityHost"). MedHash's own listener binds
+127.0.0.1 only. `.ci/run` installs the Debian packages `orthanc`, `orthanc-dicomweb` and `gcc`.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import ipaddress
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +39,56 @@ def orthanc_problem() -> str | None:
         return "the Orthanc binary is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run does it)"
     if dicomweb_plugin() is None:
         return "the Orthanc DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)"
-    return None
+    shim = loopback_shim()
+    return shim if isinstance(shim, str) else None
+
+
+LOOPBACK_SHIM_SOURCE = Path(__file__).with_name("loopback_bind.c")
+
+
+@functools.cache
+def loopback_shim() -> Path | str:
+    """The compiled tests/loopback_bind.c (a temporary file, removed at exit), or why it cannot be built."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return ("no C compiler to build tests/loopback_bind.c, which keeps Orthanc on 127.0.0.1 "
+                "(apt-get install gcc libc6-dev; .ci/run does it)")
+    folder = Path(tempfile.mkdtemp(prefix="medhash-loopback-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    target = folder / "loopback_bind.so"
+    built = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(target), str(LOOPBACK_SHIM_SOURCE), "-ldl"],
+                           capture_output=True, text=True, check=False)
+    if built.returncode != 0 or not target.is_file():
+        return f"tests/loopback_bind.c does not compile ({compiler}): {built.stderr.strip()[-300:]}"
+    return target
+
+
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state that process `pid` holds, from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        for row in path.read_text().splitlines()[1:] if path.exists() else ():
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: TCP_LISTEN
+                found.add(_proc_address(local))
+    return found
+
+
+def _proc_address(field: str) -> tuple[str, int]:
+    """/proc/net/tcp{,6} writes an address as 32-bit words in host (little-endian) order, then :port in hex."""
+    address, port = field.split(":")
+    raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
+    return str(ipaddress.ip_address(raw)), int(port, 16)
 
 
 def dicomweb_plugin() -> Path | None:
@@ -87,11 +145,15 @@ class Orthanc:
 
     def start(self, timeout_s: float = 60.0) -> Orthanc:
         self.folder.mkdir(parents=True, exist_ok=True)
+        shim = loopback_shim()
+        if not isinstance(shim, Path):  # never run Orthanc on all interfaces
+            raise RuntimeError(f"Orthanc is not started: {shim}")  # noqa: TRY004 - a reason, not a type error
         config = self.folder / "orthanc.json"
         config.write_text(json.dumps(self.config()))
         log = open(self.folder / "orthanc.log", "wb")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen([*_DIE_WITH_PARENT, "Orthanc", str(config)], stdout=log,
-                                        stderr=subprocess.STDOUT, cwd=self.folder)
+                                        stderr=subprocess.STDOUT, cwd=self.folder,
+                                        env={**os.environ, "LD_PRELOAD": str(shim)})
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -99,12 +161,24 @@ class Orthanc:
                 raise RuntimeError(f"Orthanc exited at start ({self.process.returncode}): {self.log_tail()}")
             try:
                 if requests.get(f"{self.url}/system", timeout=2).ok:
+                    self.check_loopback_only()
                     return self
             except requests.RequestException:
                 pass
             time.sleep(0.2)
         self.kill()
         raise RuntimeError(f"Orthanc did not answer within {timeout_s:g} s: {self.log_tail()}")
+
+    def check_loopback_only(self) -> None:
+        """Stop Orthanc and raise if it listens on anything but loopback, or not on both of its ports."""
+        assert self.process is not None
+        listening = listening_addresses(self.process.pid)
+        exposed = sorted(a for a in listening if not ipaddress.ip_address(a[0]).is_loopback)
+        ports = {port for _, port in listening}
+        if exposed or not {self.http_port, self.dicom_port} <= ports:
+            self.kill()
+            raise RuntimeError(f"Orthanc must listen on loopback only, on ports {self.http_port} and "
+                               f"{self.dicom_port}; it listened on {sorted(listening)}")
 
     def log_tail(self, lines: int = 15) -> str:
         path = self.folder / "orthanc.log"
