@@ -59,12 +59,26 @@ def test_find_by_modality_patient_date_and_accession(pacs: Orthanc) -> None:
     (spine,) = find_studies(pacs.dicomweb_url, patient_id=CSPINE_PATIENT)
     assert (spine.study_date, spine.accession, spine.modalities, spine.instances) == ("20010101", "2", "CR", 3)
     assert spine.description == "XR C Spine Comp Min 4 Views"
-    # (no PatientName check: Orthanc 1.10.1 + DICOMweb 1.7 answers no study to any PatientName filter here)
     assert _study(pacs.dicomweb_url, accession="2") == spine.study_uid
     assert _study(pacs.dicomweb_url, date="20000101-20011231") == spine.study_uid
     assert {s.modalities for s in find_studies(pacs.dicomweb_url, date="20040101-20041231")} == {"CR", "CT"}
     assert find_studies(pacs.dicomweb_url, date="19000101") == []
     assert find_studies(pacs.dicomweb_url, accession="NO-SUCH-ACCESSION") == []
+
+
+def test_find_by_patient_name_with_wildcards(pacs: Orthanc) -> None:
+    """`*` and `?` reach the server as themselves (Orthanc's DICOMweb plugin 1.7 does not
+    percent-decode QIDO-RS values, so %2A never matched); matching ignores case."""
+    (spine,) = find_studies(pacs.dicomweb_url, patient_id=CSPINE_PATIENT)
+    assert spine.patient_name == "Doe^Archibald"
+    for pattern in ("Doe*", "doe*", "*ARCH*", "Doe*Archibald", "Doe?Archibald", "D?e*"):
+        assert [s.study_uid for s in find_studies(pacs.dicomweb_url, patient_name=pattern)] == [spine.study_uid], pattern
+    assert {s.patient_id for s in find_studies(pacs.dicomweb_url, patient_name="*", modality="CR")} == {
+        CSPINE_PATIENT, "10RG2"}
+    assert find_studies(pacs.dicomweb_url, patient_name="Nobody*") == []
+    found = CliRunner().invoke(app, ["pacs", "find", pacs.dicomweb_url, "--name", "doe*", "--json"])
+    assert found.exit_code == 0, found.output
+    assert [s["study_uid"] for s in json.loads(found.stdout)["studies"]] == [spine.study_uid]
 
 
 def test_pull_a_study_into_a_library(pacs: Orthanc, tmp_path: Path) -> None:

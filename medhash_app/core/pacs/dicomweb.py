@@ -41,11 +41,26 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
+class _LiteralWildcardSession(requests.Session):
+    """Sends the wildcards `*` and `?` in a query string as themselves, not as %2A / %3F (RFC 3986
+    allows both there, so a conforming server reads the same value): Orthanc's DICOMweb plugin 1.7
+    (Debian 12) matches QIDO-RS values without percent-decoding them, so an encoded wildcard never
+    matched a patient name. (It cannot match `^` or a space, which must stay encoded.)"""
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        prepared = super().prepare_request(request)
+        parts = urlsplit(prepared.url or "")
+        if parts.query:
+            query = parts.query.replace("%2A", "*").replace("%3F", "?")
+            prepared.url = urlunsplit(parts._replace(query=query))
+        return prepared
+
+
 def connect(url: str) -> DICOMwebClient:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PacsError(url, "a DICOMweb server is an http:// or https:// URL, e.g. http://pacs:8042/dicom-web")
-    session = requests.Session()
+    session = _LiteralWildcardSession()
     if parts.username:
         session.auth = (parts.username, parts.password or "")
     client = DICOMwebClient(url=public_url(url), session=session, timeout=TIMEOUT_S)
