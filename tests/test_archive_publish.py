@@ -102,3 +102,17 @@ def test_kill_9_during_publish_leaves_whole_batches_and_a_rerun_adds_the_rest(tm
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err[-500:]
     assert _counts(url) == (4000, 4000, 16000)
+
+
+def test_init_is_repeatable_and_refuses_a_newer_archive(tmp_path: Path) -> None:
+    url = fresh_archive_url()
+    with connect(url, autocommit=True) as conn:
+        assert init_archive(conn)["created"] is True
+        assert init_archive(conn)["created"] is False  # again: nothing changes, nothing fails
+        conn.execute("UPDATE medhash.archive_meta SET value = '99' WHERE key = 'schema_version'")
+        with pytest.raises(ArchiveError, match="newer MedHash"):
+            init_archive(conn)
+    with make_library(tmp_path / "lib", 5) as lib, pytest.raises(ArchiveError, match="newer than this MedHash"):
+        publish_library(lib, url)
+    with make_library(tmp_path / "lib2", 5) as lib, pytest.raises(ArchiveError, match="no MedHash archive"):
+        publish_library(lib, fresh_archive_url())
