@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from medhash_app.ui.export import export_summary
 from medhash_app.ui.messages import MessageBar, describe
-from medhash_app.ui.presentation import case_labels, highlighted_html, match_text, short_date
+from medhash_app.ui.presentation import case_labels, display_text, highlighted_html, match_text, short_date
 from medhash_app.ui.query_panel import load_for_viewer
 from medhash_app.ui.themes import current_theme, set_role
 from medhash_app.ui.viewer_panel import ViewerPanel
@@ -48,7 +48,7 @@ def chips_html(labels: list[str], shared: set[str]) -> str:
 
 def report_html(title: str, facts_line: str, labels: list[str], report: str, findings: list[str]) -> str:
     theme = current_theme()
-    body = highlighted_html(report or "(no report)", findings, theme.finding_fg, theme.finding_bg)
+    body = highlighted_html(display_text(report) or "(no report)", findings, theme.finding_fg, theme.finding_bg)
     return (f"<h3 style='margin:0'>{html.escape(title)}</h3>"
             f"<p style='color:{theme.muted}; margin:2px 0 6px 0'>{html.escape(facts_line)}</p>"
             f"<p style='margin:0 0 8px 0'>{chips_html(labels, {f.lower() for f in findings})}</p>"

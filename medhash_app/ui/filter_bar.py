@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 TARGETS = (("reports", "Reports"), ("images", "Images"), ("both", "Reports and images"))
 ANY = "Any"
+AUTO_BITS = "Auto (longest)"
 
 
 @dataclass
@@ -80,6 +81,7 @@ class FilterBar(QWidget):
         for i, (value, _) in enumerate(TARGETS):
             self.target.setItemData(i, value)
         self.bits = self._combo("Code length", ["Auto"])
+        self.bits.setMinimumContentsLength(len(AUTO_BITS))  # "Auto (longest" was cut off at 7 characters
         self.k = QSpinBox(self)
         self.k.setRange(10, 100_000)
         self.k.setSingleStep(50)
@@ -175,7 +177,7 @@ class FilterBar(QWidget):
         current_bits = self.bits.currentData()
         self.bits.blockSignals(True)
         self.bits.clear()
-        self.bits.addItem("Auto (longest)", None)
+        self.bits.addItem(AUTO_BITS, None)
         for b in bits:
             self.bits.addItem(f"{b} bits", b)
         index = self.bits.findData(current_bits)

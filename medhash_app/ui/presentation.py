@@ -58,9 +58,20 @@ def highlight_spans(text: str, findings: list[str]) -> list[tuple[int, int]]:
     return merged
 
 
+# Full-width ASCII forms (U+FF01-FF5E) and the ideographic space: ODIR-5K writes "，" between
+# diagnoses, which the UI fonts draw as an empty box. Only these are mapped (NFKC would also turn
+# "cm²" into "cm2").
+_FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+
+
+def display_text(text: str | None) -> str:
+    """A report as the window shows it: full-width punctuation as plain ASCII."""
+    return (text or "").translate(_FULLWIDTH)
+
+
 def excerpt(text: str, findings: list[str], limit: int = EXCERPT_CHARS) -> str:
     """The part of a report worth reading in a list: sentences that mention shared findings first."""
-    text = " ".join((text or "").split())
+    text = " ".join(display_text(text).split())
     if len(text) <= limit:
         return text
     sentences = re.split(r"(?<=[.;])\s+", text)

@@ -258,7 +258,7 @@ class ResultsView(QStackedWidget):
         table.setItemDelegateForColumn(COL["labels"], ChipsDelegate(table))
         header = table.horizontalHeader()
         header.setHighlightSections(False)
-        widths = {"rank": 36, "image": THUMB + 8, "distance": 64, "similarity": 72, "labels": 170,
+        widths = {"rank": 36, "image": THUMB + 8, "distance": 64, "similarity": 72, "labels": 140,
                   "modality": 64, "view": 48, "date": 84}
         for name, width in widths.items():  # never narrower than the header or the widest usual cell
             cell = table.fontMetrics().horizontalAdvance(WIDEST_CELL.get(name, "")) + 16

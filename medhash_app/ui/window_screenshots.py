@@ -2,10 +2,13 @@
 
     xvfb-run -s "-screen 0 1600x1000x24" python -m medhash_app.ui.window_screenshots first-launch OUT.png
     xvfb-run -s "-screen 0 1600x1000x24" python -m medhash_app.ui.window_screenshots browser OUT.png --library LIB
+    xvfb-run -s "-screen 0 1600x1000x24" python -m medhash_app.ui.window_screenshots search OUT.png --library LIB \
+        --query FILE
 
 `first-launch` expects an empty profile (HOME=$(mktemp -d)); `browser` opens LIB and shows the
 Library tab's case browser as a thumbnail grid (`browser-list`: as a list); `light-live` switches
-from the dark to the light theme while the window runs.
+from the dark to the light theme while the window runs; `search` opens LIB and searches with the image
+FILE (e.g. a chest DICOM in a fundus library: the out-of-domain warning above the results).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from PySide6.QtCore import QTimer
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("shot", choices=["first-launch", "browser", "browser-list", "browser-case", "light-live"])
+    parser.add_argument("shot", choices=["first-launch", "browser", "browser-list", "browser-case", "light-live",
+                                         "search"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--library", type=Path)
+    parser.add_argument("--query", type=Path, help="image file the `search` shot searches with")
     parser.add_argument("--theme", default="dark")
     args = parser.parse_args()
 
@@ -47,6 +52,11 @@ def main() -> int:
     if args.shot == "first-launch":
         window.offer_first_run()
         QTimer.singleShot(1500, save)
+    elif args.shot == "search":  # the query's results (thumbnails given time to arrive)
+        tab = window.search_tab
+        tab.searchFinished.connect(lambda *_: QTimer.singleShot(4000, save))
+        window.state.changed.connect(lambda: window.state.session is not None and tab.query.load_file(args.query))
+        window.open_library(args.library)
     elif args.shot == "light-live":  # start in the dark theme, switch to light while running
         QTimer.singleShot(800, lambda: window.set_theme("light"))
         QTimer.singleShot(2000, save)
