@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from medhash_app.cli import app
 from medhash_app.core.archive import ArchiveSearch, connect, init_archive, publish_library
 from medhash_app.core.archive.mirror import ArchiveMirror
+from medhash_app.core.archive.schema import create_hnsw_index, hnsw_index_name
+from medhash_app.core.archive.search import tie_aware_recall
 from tests.archive_server import fresh_archive_url, make_checkpoint, make_library
 
 
@@ -74,3 +76,32 @@ def test_hnsw_recall_is_measured_and_shown(tmp_path: Path) -> None:
     assert payload["recall"]["text"]["ef_search"] == 200  # the nearest measured ef at or below the one asked
     distances = [h["distance"] for h in payload["hits"]]
     assert distances == sorted(distances)
+
+
+def test_approximate_searches_use_the_hnsw_index_every_time(tmp_path: Path) -> None:
+    """Also after psycopg prepares the statement (5th use): a cached generic plan must still see the
+    partial index (model, modality and bits are literals in the SQL). Counted by pg_stat idx_scan."""
+    url = fresh_archive_url()
+    with connect(url, autocommit=True) as conn:
+        init_archive(conn)
+    with make_library(tmp_path / "lib", 300, distinct=300) as lib:
+        publish_library(lib, url, batch=300)
+    with connect(url, autocommit=True) as conn:
+        create_hnsw_index(conn, 1, "image", 32)
+        search = ArchiveSearch(conn)
+        for q in np.random.default_rng(1).integers(0, 256, (12, 4), dtype=np.uint8):
+            got = search.rank(1, "image", 32, q, 10, approximate=True, ef_search=40)
+            assert len(got) == 10 and tie_aware_recall(search.rank(1, "image", 32, q, 10), got) > 0
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        conn.execute("SELECT 1")
+    with connect(url, autocommit=True) as conn:
+        scans = conn.execute("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s",
+                             [hnsw_index_name(1, "image", 32)]).fetchone()[0]
+    assert scans == 12
+
+
+def test_tie_aware_recall_counts_distances_not_which_tied_case() -> None:
+    exact = [(1, 3), (2, 4), (3, 5), (4, 5)]
+    assert tie_aware_recall(exact, [(1, 3), (2, 4), (9, 5), (8, 5)]) == 1.0  # other cases at the 4th distance
+    assert tie_aware_recall(exact, [(1, 3), (2, 4), (9, 5), (8, 6)]) == 0.75
+    assert tie_aware_recall(exact, [(7, 6), (2, 4), (9, 6), (8, 6)]) == 0.25

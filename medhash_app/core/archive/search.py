@@ -91,18 +91,23 @@ class ArchiveSearch:
         else:
             self.last_answer = "server" if self.mirror is None else "server (filters or approximate)"
         q = _query_bits(query, bits)
+        if modality not in ("image", "text"):
+            raise ValueError(f"modality must be image or text, not {modality!r}")
         where, params = filter_sql(filters)
         join = sql.SQL("JOIN medhash.cases c ON c.id = k.case_id") if params else sql.SQL("")
         if approximate:
             order = sql.SQL("(k.code::bit({b})) <~> %s::bit({b})").format(b=sql.Literal(int(bits)))
         else:
             order = sql.SQL("k.code <~> %s::varbit")
+        # model, modality and bits are literals, not parameters: a cached generic plan could then neither
+        # prune to the model's partition at plan time nor prove the HNSW index's partial predicate
         query_sql = sql.SQL(
             "SELECT k.case_id, (k.code <~> %s::varbit)::integer FROM medhash.codes k {join} "
-            "WHERE k.model_id = %s AND k.modality = %s AND k.bits = %s AND {where} "
+            "WHERE k.model_id = {model} AND k.modality = {modality} AND k.bits = {bits} AND {where} "
             "ORDER BY {order}{tie} LIMIT %s").format(
-                join=join, where=where, order=order, tie=sql.SQL("") if approximate else sql.SQL(", k.case_id"))
-        args = [q, int(model_id), modality, int(bits), *params, q, int(k)]
+                join=join, where=where, order=order, tie=sql.SQL("") if approximate else sql.SQL(", k.case_id"),
+                model=sql.Literal(int(model_id)), modality=sql.Literal(modality), bits=sql.Literal(int(bits)))
+        args = [q, *params, q, int(k)]
         with self.conn.transaction():
             if approximate:
                 self.conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
@@ -164,14 +169,24 @@ def _query_bits(query: np.ndarray, bits: int) -> str:
     return bit_string(packed)
 
 
+def tie_aware_recall(exact: Sequence[tuple[int, int]], approx: Sequence[tuple[int, int]]) -> float:
+    """Share of the exact top-k that the approximate answer matches in distance: a hit closer than the
+    exact k-th distance counts, and at the k-th distance as many as the exact answer has there (which
+    of several tied cases comes back is arbitrary for HNSW, so counting ids would blame it for ties)."""
+    if not exact:
+        return 1.0
+    kth = exact[-1][1]
+    closer = sum(d < kth for _, d in approx)
+    at_kth = min(sum(d == kth for _, d in approx), sum(d == kth for _, d in exact))
+    return (closer + at_kth) / len(exact)
+
+
 def measure_recall(search: ArchiveSearch, model_id: int, modality: str, bits: int, queries: np.ndarray, k: int,
                    ef_search: int) -> float:
-    """Mean share of the exact top-k ids that the HNSW answer also returns (recall@k)."""
-    shares = []
-    for q in queries:
-        exact = {cid for cid, _ in search.rank(model_id, modality, bits, q, k)}
-        approx = {cid for cid, _ in search.rank(model_id, modality, bits, q, k, approximate=True, ef_search=ef_search)}
-        shares.append(len(exact & approx) / max(1, len(exact)))
+    """Mean tie-aware recall@k of the HNSW answer against the exact one."""
+    shares = [tie_aware_recall(search.rank(model_id, modality, bits, q, k),
+                               search.rank(model_id, modality, bits, q, k, approximate=True, ef_search=ef_search))
+              for q in queries]
     return float(np.mean(shares)) if shares else float("nan")
 
 
