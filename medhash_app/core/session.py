@@ -36,6 +36,7 @@ class MedHashSession:
         self.device = resolve_device(device)
         self.encoders = EncoderPool(self.device)
         self.searcher = SearchService(self.library, self.encoders, index_kind=index_kind)
+        self._search_lock = threading.Lock()  # warm_up and search share the encoder and code caches
 
     def close(self) -> None:
         self.library.close()
@@ -48,7 +49,20 @@ class MedHashSession:
 
     # -- search ---------------------------------------------------------------------------------
     def search(self, query: SearchQuery, model_id: int | None = None) -> SearchResult:
-        return self.searcher.search(query, model_id)
+        with self._search_lock:  # a search during warm_up waits for it instead of loading it all twice
+            return self.searcher.search(query, model_id)
+
+    def warm_up(self) -> int:
+        """Load the active model's encoder and the codes + index of each modality (longest code), so the
+        first search does not wait for them; the app runs it in the background when a library opens.
+        Returns the number of codes loaded (0 without an active model)."""
+        model = self.library.active_model()
+        if model is None:
+            return 0
+        with self._search_lock:
+            self.encoders.get(model)
+            bits = max(int(b) for b in model["bits"])
+            return sum(len(self.searcher.warm(int(model["id"]), modality, bits).ids) for modality in ("image", "text"))
 
     # -- ingest / encode ------------------------------------------------------------------------
     def ingest(self, paths: Sequence[str | Path], *, progress: ProgressFn | None = None,

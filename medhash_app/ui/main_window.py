@@ -51,6 +51,7 @@ class MainWindow(QMainWindow):
         self.state.changed.connect(self._remember_library)
         self.state.failed.connect(self._on_open_failed)
         self.search_tab.statusMessage.connect(self.search_time.setText)
+        self.state.preparing.connect(self.search_time.setText)
         self.resize(1440, 900)
         self._shut_down = False
         self.pacs_dialog: PacsDialog | None = None

@@ -151,7 +151,7 @@ class SearchTab(QWidget):
         if self.query.mode == "image":
             if self.query.image_path is None:
                 return None
-            base = SearchQuery(image_path=self.query.image_path)
+            base = SearchQuery(image_path=self.query.image_path, image=self.query.image)  # decoded: not again
         else:
             if not self.query.text():
                 return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ class SessionState(QObject):
     changed = Signal()
     opening = Signal(str)
     failed = Signal(object)
+    preparing = Signal(str)  # a line for the status bar while the search's model and codes load, then done
 
     def __init__(self, runner: JobRunner, device: str = "auto", parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -126,6 +128,30 @@ class SessionState(QObject):
             _close_quietly(old)
         self.info = info
         self.changed.emit()
+        self._prepare_search(session)
+
+    def _prepare_search(self, session: Any) -> JobHandle | None:
+        """Load the encoder and the codes in the background (session.warm_up), so the first drop after
+        opening a library does not wait seconds for them; the status bar says so."""
+        if info_model := self.info.model:
+            self.preparing.emit(f"Preparing search: loading model “{info_model.get('name') or info_model.get('id')}” "
+                                "and the library's codes…")
+        else:
+            return None
+        started = time.perf_counter()
+        job = self.runner.start("prepare search", lambda _p, _c: session.warm_up())
+        job.succeeded.connect(lambda count, s=session: self._on_prepared(s, count, time.perf_counter() - started))
+        job.failed.connect(lambda exc, s=session: self._on_prepared(s, None, 0.0, exc))
+        return job
+
+    def _on_prepared(self, session: Any, count: int | None, seconds: float, exc: BaseException | None = None) -> None:
+        if session is not self.session:
+            return  # another library opened meanwhile
+        if exc is not None:
+            log.warning("preparing search failed: %s", exc)
+            self.preparing.emit("Search will load the model when it runs (preparing it failed).")
+        else:
+            self.preparing.emit(f"Search ready: model and {count:,} codes loaded in {seconds:.1f} s.")
 
     def _on_info(self, info: SessionInfo) -> None:
         if self.session is not None and info.library_dir == self.info.library_dir:

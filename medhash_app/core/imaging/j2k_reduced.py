@@ -23,6 +23,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000, UID, JPEG2000Lossless
 
+from medhash_app.core.imaging.loaded import LoadedImage
+
 log = logging.getLogger(__name__)
 
 SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000})
@@ -38,6 +40,15 @@ def reduction(rows: int, cols: int, min_side: int, levels: int) -> int:
     while level < levels and math.ceil(max(rows, cols) / 2 ** (level + 1)) >= MARGIN * min_side:
         level += 1
     return level
+
+
+def would_reduce(img: LoadedImage, min_side: int) -> bool:
+    """Whether `load_image(img.path, min_side=min_side)` may give another (reduced) image than `img`, a
+    full decode: a search must then decode the file itself so that it always ranks by the same pixels."""
+    names = {uid.name for uid in SYNTAXES}
+    rows, cols = int(img.facts.rows or 0), int(img.facts.cols or 0)
+    return (img.facts.transfer_syntax in names and img.frame_count == 1 and not img.is_color
+            and reduction(rows, cols, min_side, 32) > 0)
 
 
 def reduced_shape(rows: int, cols: int, level: int) -> tuple[int, int]:

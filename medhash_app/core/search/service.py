@@ -28,7 +28,8 @@ from medhash_app.core.image_stats import (
     file_features,
 )
 from medhash_app.core.image_stats import REFERENCE_MAX as STATS_REFERENCE_MAX
-from medhash_app.core.imaging import load_image, model_image
+from medhash_app.core.imaging import LoadedImage, load_image, model_image
+from medhash_app.core.imaging.j2k_reduced import would_reduce
 from medhash_app.core.index import BinaryIndexCache
 from medhash_app.core.ingest.decode import MODEL_SIZE
 from medhash_app.core.library import Library
@@ -109,7 +110,7 @@ class SearchService:
         model = resolve_model(self.library, model_id)
         encoder = self.encoders.get(model)
         bits = self._bits(model, query.bits)
-        kind, encoded, findings = self._encode(encoder, query)
+        kind, encoded, findings, loaded = self._encode(encoder, query)
         t1 = time.perf_counter()
         targets = _targets(kind, query.target)
         self._require_codes(model, targets, bits)
@@ -122,7 +123,7 @@ class SearchService:
         hits = self._hits(ranked, bits, kind, query, encoded, model["id"], findings)
         by_codes, score, threshold = self._domain_check(model["id"], kind, bits, encoded.codes[bits][0])
         if kind == "image":  # codes alone miss most foreign images
-            verdicts = [by_codes, self._image_check(query), self._feature_check(model["id"], encoder, encoded.features)]
+            verdicts = [by_codes, self._image_check(loaded), self._feature_check(model["id"], encoder, encoded.features)]
         else:  # words decide for reports: codes miss a third of foreign reports and flag short in-domain ones
             by_words = self._text_check(query.text or "")
             verdicts = [by_words] if by_words.out is not None else [by_codes]
@@ -193,7 +194,7 @@ class SearchService:
         score = ref.score(features[0])
         return Verdict(ref.is_out(score), ref.reason(score) if ref.is_out(score) else None)
 
-    def _image_check(self, query: SearchQuery) -> Verdict:
+    def _image_check(self, loaded: LoadedImage | None) -> Verdict:
         """Does the query image look like any library image (colour, grey level, field of view,
         texture; core/image_stats.py)? None when the library has too few images to judge."""
         key = ("stats", self.library.count_cases(), self._data_version)
@@ -201,9 +202,9 @@ class SearchService:
             self._refs = {k: v for k, v in self._refs.items() if k[0] != "stats"}
             self._refs[key] = self._stats_reference()
         ref = self._refs[key]
-        if not isinstance(ref, StatsReference) or query.image_path is None:
+        if not isinstance(ref, StatsReference) or loaded is None:
             return Verdict(None)
-        img = model_image(load_image(query.image_path, frame=query.frame, min_side=MODEL_SIZE), MODEL_SIZE)
+        img = model_image(loaded, MODEL_SIZE)
         score = ref.score(features(img))
         if score <= ref.threshold:
             return Verdict(False)
@@ -274,15 +275,20 @@ class SearchService:
                                                     f"them with `medhash encode --model {model['id']}`")
 
     @staticmethod
-    def _encode(encoder: EncoderService, query: SearchQuery) -> tuple[str, EncodedBatch, list[str]]:
+    def _encode(encoder: EncoderService,
+                query: SearchQuery) -> tuple[str, EncodedBatch, list[str], LoadedImage | None]:
+        """(kind, codes, findings, the decoded query image): the image is decoded once, here (or not at
+        all when the caller passes it decoded), for the encoder and the image-statistics check."""
         if (query.image_path is None) == (query.text is None):
             raise MedHashError("query", "give either an image file or a report text")
         if query.image_path is not None:
-            return "image", encoder.encode_files([query.image_path], frame=query.frame,
-                                                 embeddings=query.rerank), []
+            loaded = query.image  # the viewer's full decode serves unless this file decodes reduced
+            if loaded is None or would_reduce(loaded, MODEL_SIZE):
+                loaded = load_image(query.image_path, frame=query.frame, min_side=MODEL_SIZE)
+            return "image", encoder.encode_loaded([loaded], embeddings=query.rerank), [], loaded
         encoded = encoder.encode_texts([query.text or ""], embeddings=query.rerank)
         domain = "fundus" if _looks_fundus(query.text or "") else "chest"
-        return "text", encoded, labels_from_report(query.text or "", domain)
+        return "text", encoded, labels_from_report(query.text or "", domain), None
 
     def warm(self, model_id: int, modality: str, bits: int) -> LoadedCodes:
         """The codes and their FAISS index, read once (codes file or SQLite) and kept in memory until they

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from medhash_app.core.library.filters import CaseFilter as SearchFilters
+
+if TYPE_CHECKING:  # the UI imports this module lazily; imaging loads pydicom
+    from medhash_app.core.imaging import LoadedImage
 
 __all__ = ["Hit", "SearchFilters", "SearchQuery", "SearchResult", "Target"]
 
@@ -25,6 +28,8 @@ class SearchQuery:
     filters: SearchFilters = field(default_factory=SearchFilters)
     rerank: bool = False  # re-rank the Hamming shortlist by continuous embeddings
     frame: int | None = None
+    # image_path already decoded (a LoadedImage, e.g. the viewer's): the search does not decode it again
+    image: LoadedImage | None = None
 
 
 @dataclass
