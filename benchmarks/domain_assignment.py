@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -37,14 +38,45 @@ def sources(limit: int | None) -> dict[str, tuple[str, list[Path]]]:
         return out[:limit] if limit else out
 
     chest = [p for p in sorted((dicom / "xray_chest").glob("*.dcm")) if "chest" in p.name]
+    tinted = tinted_chest_jpegs(chest, Path(tempfile.mkdtemp(prefix="medhash-tinted-")))
     return {
         "ODIR-5K fundus JPEGs": ("fundus", rows(odir)),
         "MedPix CT/MR JPEGs": ("other", rows(medpix)),
         "chest X-ray DICOMs": ("chest", chest),
+        "the same chests as colour JPEGs: 3 colour casts, with and without red arrows (derived)": ("chest", tinted),
         "c-spine X-ray DICOMs (16x16 thumbnails)": ("other", sorted((dicom / "xray_chest").glob("*cspine*.dcm"))),
         "hip X-ray DICOMs": ("other", sorted((dicom / "xray_other").glob("*.dcm"))),
         "misc DICOMs (CT, MR, US, RGB SC...)": ("other", sorted((dicom / "transfer_syntax_misc").glob("*.dcm"))),
     }
+
+
+CASTS = ((1.08, 1.0, 0.85), (1.15, 1.05, 0.8), (0.9, 1.0, 1.1))  # warm, sepia, cold
+
+
+def tinted_chest_jpegs(chest: list[Path], folder: Path) -> list[Path]:
+    """The reported failure, rebuilt from the real chest DICOMs: radiographs kept as colour JPEGs with
+    a colour cast (scanned film, a warm export) and coloured arrows were filed as fundus photographs."""
+    from PIL import Image, ImageDraw
+
+    from medhash_app.core.imaging import load_image, model_image
+
+    out = []
+    for path in chest:
+        try:
+            grey = np.asarray(model_image(load_image(path), 512), dtype=np.float32)
+        except Exception:  # noqa: BLE001, S112 - the corrupt test file is counted in its own row
+            continue
+        for i, cast in enumerate(CASTS):
+            for arrows in (False, True):
+                img = Image.fromarray(np.clip(grey * np.array(cast), 0, 255).astype(np.uint8))
+                if arrows:
+                    draw, (w, h) = ImageDraw.Draw(img), img.size
+                    for k in range(3):
+                        x, y = w * (0.3 + 0.15 * k), h * (0.4 + 0.08 * k)
+                        draw.line([(x, y), (x + w * 0.1, y + h * 0.1)], fill=(255, 0, 0), width=max(4, w // 60))
+                out.append(folder / f"{path.stem}_cast{i}{'_arrows' if arrows else ''}.jpg")
+                img.save(out[-1], quality=90)
+    return out
 
 
 def main() -> None:

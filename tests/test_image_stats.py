@@ -4,6 +4,7 @@ guess on import, on images generated here (fundus-like, radiograph-like, CT-like
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from medhash_app.core.image_stats import build_stats_reference, features, guess_domain
@@ -54,3 +55,23 @@ def test_domain_guess_names_fundus_chest_and_other_with_confidence(tmp_path) -> 
     assert guess_domain(ct_slice(rng)).domain == "other"  # grey, but a slice on black: not a chest film
     assert guess_domain(Image.open(screenshot_png(tmp_path / "s.png"))).domain == "other"
     assert all(0 <= g.confidence <= 1 and g.reason for g in (eye, chest))
+
+
+@pytest.mark.shared_data
+def test_a_chest_radiograph_with_a_colour_cast_and_coloured_arrows_is_still_chest(dicom_dir) -> None:
+    """The reported failure: real chest X-rays stored as colour JPEGs (a warm cast, coloured arrows)
+    were filed as fundus photographs. Made here from the real chest DICOMs."""
+    import pydicom
+    from PIL import ImageDraw
+
+    files = sorted((dicom_dir / "xray_chest").glob("*chest*LE.dcm"))
+    assert files
+    for path in files:
+        pixels = pydicom.dcmread(path).pixel_array.astype(float)
+        grey = (pixels - pixels.min()) / max(float(np.ptp(pixels)), 1.0) * 255
+        img = Image.fromarray(grey.astype(np.uint8)).convert("RGB").resize((512, 512))
+        warm = Image.fromarray(np.clip(np.asarray(img) * np.array([1.12, 1.0, 0.82]), 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(warm)
+        for k in range(3):
+            draw.line([(150 + 80 * k, 200 + 40 * k), (210 + 80 * k, 260 + 40 * k)], fill=(255, 0, 0), width=8)
+        assert guess_domain(warm).domain == "chest", path.name

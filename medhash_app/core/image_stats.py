@@ -31,6 +31,15 @@ CALIBRATION = 400
 MIN_REFERENCE = 20
 REFERENCE_MAX = 3000  # library images the reference keeps (a fixed sample of bigger libraries)
 
+# A grey picture stored with a colour cast (scanned film, a warm JPEG) has its colour fixed by its
+# brightness: per channel c = a_c * luminance + b_c. Under this share of pixels off that line (and
+# not a black-cornered field of view) it is grey for the domain guess. Measured on real images:
+# tinted chest radiographs with coloured arrows <= 0.032, ODIR fundus photographs with such low
+# shares all have black corners (benchmarks/results/domain_assignment.md).
+TINTED_GREY_SHARE = 0.035
+TINT_RESIDUAL = 0.05
+LIT_CORNERS = 0.15
+
 _yy, _xx = np.mgrid[:SIDE, :SIDE]
 _RADIUS = np.hypot(_yy - (SIDE - 1) / 2, _xx - (SIDE - 1) / 2) / (SIDE / 2)
 _CORNERS = _RADIUS > 1.05
@@ -118,6 +127,18 @@ class DomainGuess:
     reason: str
 
 
+def off_grey_share(img: Image.Image) -> float:
+    """Share of pixels whose colour is not a linear function of their brightness (0 for any grey
+    image, tinted or not; coloured arrows and labels add only their own few pixels)."""
+    a = np.asarray(_content(img.convert("RGB")).resize((2 * SIDE, 2 * SIDE), Image.Resampling.BILINEAR),
+                   dtype=np.float32).reshape(-1, 3) / 255
+    lum = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    design = np.stack([lum, np.ones_like(lum)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, a, rcond=None)
+    off = np.sqrt(np.square(a - design @ coef).sum(axis=1))
+    return float((off > TINT_RESIDUAL).mean())
+
+
 def guess_domain(img: Image.Image) -> DomainGuess:
     """Fundus photograph (colour, red/orange, a bright round field of view on black corners), chest
     radiograph (grey, the field filled edge to edge, no large black background) or something else
@@ -125,7 +146,7 @@ def guess_domain(img: Image.Image) -> DomainGuess:
     f = features(img).astype(float)
     red_over_blue, colourful, sat = f[0] - f[2], f[6] + f[7] + f[8], f[9]
     corners, disc, dark = f[12], f[13], f[10]
-    grey = colourful < 0.03 and sat < 0.08
+    grey = (colourful < 0.03 and sat < 0.08) or (corners > LIT_CORNERS and off_grey_share(img) < TINTED_GREY_SHARE)
     if not grey:
         round_field = disc - corners  # bright disc, black corners
         score = (min(1.0, max(0.0, red_over_blue / 0.15)) * 0.5 + min(1.0, max(0.0, round_field / 0.2)) * 0.5)
