@@ -110,9 +110,7 @@ class ArchiveSearch:
         args = [q, *params, q, int(k)]
         with self.conn.transaction():
             if approximate:
-                self.conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
-                self.conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-                self.conn.execute("SET LOCAL enable_seqscan = off")  # approximate means the index, even when small
+                approximate_settings(self.conn, ef_search)
             rows = self.conn.execute(query_sql, args).fetchall()
         found = [(int(r[0]), int(r[1])) for r in rows]
         return sorted(found, key=lambda r: (r[1], r[0])) if approximate else found
@@ -156,6 +154,16 @@ class ArchiveSearch:
         return [(m, int(b), int(v)) for m, b, v in self.conn.execute(
             "SELECT modality, bits, version FROM medhash.code_versions WHERE model_id = %s ORDER BY 1, 2",
             [model_id])]
+
+
+def approximate_settings(conn: psycopg.Connection, ef_search: int) -> None:
+    """For the current transaction: HNSW with this ef_search, iterative scans (filters still fill k),
+    and no plan that scans and sorts: approximate means the HNSW index. Without this the planner
+    chose a scan of the primary key plus a sort at 100 k codes (benchmarks/results/archive.md)."""
+    conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(int(ef_search))))
+    conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    conn.execute("SET LOCAL enable_seqscan = off")
+    conn.execute("SET LOCAL enable_sort = off")
 
 
 def _has_filter(flt: CaseFilter | None) -> bool:
