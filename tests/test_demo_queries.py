@@ -38,6 +38,15 @@ def test_example_query_searches_its_own_domain_and_is_in_domain(session: MedHash
     assert result.out_of_domain is False, result.out_of_domain_reason
 
 
+def test_a_typed_report_of_several_sentences_is_judged_sentence_by_sentence(session: MedHashSession) -> None:
+    """Each sentence matches a different library report's sentence; as a whole it matches none well."""
+    text = "Enlarged cardiac silhouette. Small bilateral pleural effusions. No pneumothorax."
+    result = session.search(SearchQuery(text=text, k=5))
+    assert result.out_of_domain is False and result.query_domain == "chest"
+    ref = session.searcher._lexical()
+    assert ref is not None and ref.is_typical(ref.score(text))
+
+
 def test_users_domain_choice_wins_and_mixed_text_is_not_restricted(session: MedHashSession) -> None:
     chosen = session.search(SearchQuery(text="Right apical pneumothorax.", k=5, filters=CaseFilter(domain=["fundus"])))
     assert chosen.query_domain is None and {h.case["domain"] for h in chosen.hits} == {"fundus"}

@@ -124,9 +124,8 @@ class SearchService:
         by_codes, score, threshold = self._domain_check(model["id"], kind, bits, encoded.codes[bits][0])
         if kind == "image":  # codes alone miss most foreign images
             verdicts = [by_codes, self._image_check(loaded), self._feature_check(model["id"], encoder, encoded.features)]
-        else:  # words decide for reports: codes miss a third of foreign reports and flag short in-domain ones
-            by_words = self._text_check(query.text or "")
-            verdicts = [by_words] if by_words.out is not None else [by_codes]
+        else:
+            verdicts = self._report_verdicts(by_codes, query.text or "")
         ood, reason = combine(kind, verdicts)
         for hit in hits:
             ref = self._match_reference(model["id"], kind, hit.matched, bits)
@@ -171,15 +170,21 @@ class SearchService:
         if flt is not None and flt.domain:
             return None
         ref = self._lexical()
-        return ref.domain_of(text) if ref is not None and text.strip() else None
+        if ref is None or not text.strip() or (ref.decisive and ref.is_out(ref.score(text))):
+            return None  # foreign wording belongs to no domain of this library
+        return ref.domain_of(text)
 
-    def _text_check(self, text: str) -> Verdict:
-        """Is the report worded like the library's reports (TF-IDF, core/search/lexical.py)?"""
+    def _report_verdicts(self, by_codes: Verdict, text: str) -> list[Verdict]:
+        """Words first (TF-IDF, core/search/lexical.py): foreign wording is out; wording as typical as
+        the library's own reports is in, whatever the codes say (calibrated on whole reports, they
+        call short typed queries foreign); in between, or without a word check, the codes decide."""
         ref = self._lexical()
         if ref is None or not text.strip():
-            return Verdict(None)
+            return [by_codes]
         score = ref.score(text)
-        return Verdict(ref.is_out(score), ref.reason(score) if ref.is_out(score) else None)
+        if ref.is_out(score):
+            return [Verdict(True, ref.reason(score))]
+        return [Verdict(False)] if ref.is_typical(score) else [Verdict(False), by_codes]
 
     def _feature_check(self, model_id: int, encoder: EncoderService, features: np.ndarray | None) -> Verdict:
         """Does the query image look like the library's images to the pretrained layers
