@@ -105,8 +105,11 @@ def short_date(value: Any) -> str:
     return str(value)[:10] if value else ""
 
 
-def similarity_text(similarity: float) -> str:
-    return f"{similarity * 100:.0f}%"
+def card_lines(hit: Any) -> tuple[str, str, str]:
+    """A grid card's text: beside the rank the Hamming distance, then the calibrated match (never
+    `1 - d / bits` as a percentage, which the cards still showed), then modality · view · date."""
+    details = [v for v in (hit.case.get("modality"), hit.case.get("view"), short_date(hit.case.get("study_date"))) if v]
+    return f"d {hit.distance}", match_text(hit), " · ".join(details) or (hit.case.get("domain") or "")
 
 
 def match_text(hit: Any) -> str:

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from medhash_app.ui.presentation import excerpt, highlighted_html, short_date, similarity_text
+from medhash_app.ui.presentation import card_lines, excerpt, highlighted_html
 from medhash_app.ui.results_model import COL, FindingsRole, HitRole, LabelsRole, ResultsModel, ThumbRole
 from medhash_app.ui.themes import current_theme
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 ROW_HEIGHT = 84
 THUMB = 76
-CARD = QSize(184, 266)
+CARD = QSize(184, 284)  # thumbnail, rank + distance, match, facts, chips
 _Index = QModelIndex | QPersistentModelIndex
 
 
@@ -153,7 +153,7 @@ class ChipsDelegate(QStyledItemDelegate):
 
 
 class CardDelegate(QStyledItemDelegate):
-    """Grid card: thumbnail, rank, similarity and distance, label chips."""
+    """Grid card: thumbnail, rank, calibrated match, facts and distance, label chips."""
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: _Index) -> None:
         theme = current_theme()
@@ -177,13 +177,13 @@ class CardDelegate(QStyledItemDelegate):
         line = QRect(rect.x() + 8, thumb_rect.bottom() + 4, rect.width() - 16, painter.fontMetrics().height())
         painter.drawText(line, Qt.AlignmentFlag.AlignLeft, f"#{hit.rank}")
         painter.setFont(option.font)
-        painter.drawText(line, Qt.AlignmentFlag.AlignRight,
-                         f"{similarity_text(hit.similarity)}  ·  d {hit.distance}")
-        details = " · ".join(v for v in (hit.case.get("modality"), hit.case.get("view"),
-                                         short_date(hit.case.get("study_date"))) if v)
-        detail_line = line.translated(0, line.height() + 1)
+        distance, match, details = card_lines(hit)
+        painter.drawText(line, Qt.AlignmentFlag.AlignRight, distance)
+        match_line = line.translated(0, line.height() + 1)
+        painter.drawText(match_line, Qt.AlignmentFlag.AlignLeft, match)
+        detail_line = match_line.translated(0, line.height() + 1)
         painter.setPen(QColor(theme.muted))
-        painter.drawText(detail_line, Qt.AlignmentFlag.AlignLeft, details or (hit.case.get("domain") or ""))
+        painter.drawText(detail_line, Qt.AlignmentFlag.AlignLeft, details)
         painter.restore()
         chips = QRect(rect.x() + 6, detail_line.bottom() + 4, rect.width() - 12,
                       rect.bottom() - detail_line.bottom() - 8)

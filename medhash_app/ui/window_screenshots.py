@@ -8,7 +8,8 @@
 `first-launch` expects an empty profile (HOME=$(mktemp -d)); `browser` opens LIB and shows the
 Library tab's case browser as a thumbnail grid (`browser-list`: as a list); `light-live` switches
 from the dark to the light theme while the window runs; `search` opens LIB and searches with the image
-FILE (e.g. a chest DICOM in a fundus library: the out-of-domain warning above the results).
+FILE (e.g. a chest DICOM in a fundus library: the out-of-domain warning above the results), then
+with the report TEXT when `--text` is given; `--view grid` shows the results as a grid.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--library", type=Path)
     parser.add_argument("--query", type=Path, help="image file the `search` shot searches with")
+    parser.add_argument("--text", help="`search`: then search with this typed report instead")
+    parser.add_argument("--view", choices=["list", "grid"], default="list", help="`search`: results as")
     parser.add_argument("--theme", default="dark")
     args = parser.parse_args()
 
@@ -54,7 +57,17 @@ def main() -> int:
         QTimer.singleShot(1500, save)
     elif args.shot == "search":  # the query's results (thumbnails given time to arrive)
         tab = window.search_tab
-        tab.searchFinished.connect(lambda *_: QTimer.singleShot(4000, save))
+        tab.set_view_mode(args.view)
+        pending = [args.text] if args.text else []
+
+        def finished(*_: object) -> None:
+            if pending:  # the image is shown; now search with the typed report instead
+                tab.query.report_edit.setPlainText(pending.pop())
+                tab.query.text_button.click()
+                return
+            QTimer.singleShot(4000, save)
+
+        tab.searchFinished.connect(finished)
         window.state.changed.connect(lambda: window.state.session is not None and tab.query.load_file(args.query))
         window.open_library(args.library)
     elif args.shot == "light-live":  # start in the dark theme, switch to light while running

@@ -56,3 +56,14 @@ def test_code_length_choice_shows_its_whole_text(qtbot) -> None:
     field = bar.bits.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, opt,
                                             QStyle.SubControl.SC_ComboBoxEditField, bar.bits)
     assert field.width() >= bar.bits.fontMetrics().horizontalAdvance(AUTO_BITS)
+
+
+def test_grid_cards_show_the_calibrated_match_not_a_raw_percentage(qtbot) -> None:
+    """The list said "closer than 74 %" while the grid card of the same hit said "80%" (1 - d / bits)."""
+    from medhash_app.ui.presentation import card_lines
+
+    hit = make_result(3).hits[2]
+    distance, match, details = card_lines(hit)
+    assert match == match_text(hit) and match.startswith("closer than ")
+    assert f"{hit.similarity * 100:.0f}%" not in f"{distance} {match} {details}"
+    assert distance == f"d {hit.distance}" and details.startswith("DX · PA")
