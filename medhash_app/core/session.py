@@ -53,8 +53,9 @@ class MedHashSession:
             return self.searcher.search(query, model_id)
 
     def warm_up(self) -> int:
-        """Load the active model's encoder and the codes + index of each modality (longest code), so the
-        first search does not wait for them; the app runs it in the background when a library opens.
+        """Load the active model's encoder, the codes + index of each modality (longest code) and the
+        out-of-domain references (from their files under indexes/, built once), so the first search does
+        not wait for them; the app runs it in the background when a library opens.
         Returns the number of codes loaded (0 without an active model)."""
         model = self.library.active_model()
         if model is None:
@@ -62,7 +63,9 @@ class MedHashSession:
         with self._search_lock:
             self.encoders.get(model)
             bits = max(int(b) for b in model["bits"])
-            return sum(len(self.searcher.warm(int(model["id"]), modality, bits).ids) for modality in ("image", "text"))
+            count = sum(len(self.searcher.warm(int(model["id"]), modality, bits).ids) for modality in ("image", "text"))
+            self.searcher.warm_checks(int(model["id"]))
+            return count
 
     # -- ingest / encode ------------------------------------------------------------------------
     def ingest(self, paths: Sequence[str | Path], *, progress: ProgressFn | None = None,

@@ -149,6 +149,14 @@ class CaseStore(LibraryBase):
         except sqlite3.Error as exc:
             raise library_error(self.folder, exc) from exc
 
+    def reports(self) -> list[tuple[str | None, str | None]]:
+        """(report, domain) of every case in database order, through a plain cursor: what the word
+        check's reference is built from (iter_cases decodes every row: ~6 s at 100k cases here)."""
+        try:
+            return self.db.execute("SELECT report, domain FROM cases ORDER BY seq").fetchall()
+        except sqlite3.Error as exc:
+            raise library_error(self.folder, exc) from exc
+
     def input_fingerprint(self) -> str:
         """Which cases have a stored model input, in one aggregate over `seq` (a case's id and its
         content-addressed input never change under its seq): what a reference built from those images

@@ -35,9 +35,10 @@ from medhash_app.core.ingest.decode import MODEL_SIZE
 from medhash_app.core.library import Library
 from medhash_app.core.library.filters import CaseFilter
 from medhash_app.core.search import ood as ood_module
-from medhash_app.core.search.domain_checks import Verdict, combine, library_feature_reference
+from medhash_app.core.search.check_references import saved_feature_reference, saved_lexical_reference
+from medhash_app.core.search.domain_checks import Verdict, combine
 from medhash_app.core.search.feature_ood import FeatureReference
-from medhash_app.core.search.lexical import LexicalReference, build_lexical_reference
+from medhash_app.core.search.lexical import LexicalReference
 from medhash_app.core.search.ood import (
     MatchReference,
     OodReference,
@@ -153,14 +154,20 @@ class SearchService:
         out = ref.is_out(score)
         return Verdict(out, ref.reason(score, kind, bits) if out else None), round(score, 3), round(ref.threshold, 3)
 
+    def warm_checks(self, model_id: int) -> None:
+        """Load the word, image-feature and image-statistics references (from their files, built when
+        missing), so the first search after MedHashSession.warm_up does not wait for them."""
+        self._lexical()
+        self._feature_reference(model_id, self.encoders.get(resolve_model(self.library, model_id)))
+        self._stats()
+
     def _lexical(self) -> LexicalReference | None:
-        """TF-IDF over the library's reports (core/search/lexical.py), fitted once per library state
-        (case count and data_version, like the image-statistics reference)."""
+        """TF-IDF over the library's reports (core/search/lexical.py), kept in memory per library state
+        (case count and data_version) and on disk per reports (core/search/check_references.py)."""
         key = ("lex", self.library.count_cases(), self.library.data_version())
         if key not in self._refs:
             self._refs = {k: v for k, v in self._refs.items() if k[0] != "lex"}
-            cases = [(c.get("report") or "", c.get("domain")) for c in self.library.iter_cases()]
-            self._refs[key] = build_lexical_reference([r for r, _ in cases], [d for _, d in cases])
+            self._refs[key] = saved_lexical_reference(self.library)
         ref = self._refs[key]
         return ref if isinstance(ref, LexicalReference) else None
 
@@ -189,25 +196,34 @@ class SearchService:
     def _feature_check(self, model_id: int, encoder: EncoderService, features: np.ndarray | None) -> Verdict:
         """Does the query image look like the library's images to the pretrained layers
         (core/search/feature_ood.py)? The query's features come from its own encoding forward."""
-        key = ("feat", model_id, self.library.count_cases(), self._data_version)
-        if key not in self._refs:
-            self._refs = {k: v for k, v in self._refs.items() if k[0] != "feat" or k[1] != model_id}
-            self._refs[key] = library_feature_reference(self.library, model_id, encoder)
-        ref = self._refs[key]
-        if not isinstance(ref, FeatureReference) or features is None or not len(features):
+        ref = self._feature_reference(model_id, encoder)
+        if ref is None or features is None or not len(features):
             return Verdict(None)
         score = ref.score(features[0])
         return Verdict(ref.is_out(score), ref.reason(score) if ref.is_out(score) else None)
 
-    def _image_check(self, loaded: LoadedImage | None) -> Verdict:
-        """Does the query image look like any library image (colour, grey level, field of view,
-        texture; core/image_stats.py)? None when the library has too few images to judge."""
+    def _feature_reference(self, model_id: int, encoder: EncoderService) -> FeatureReference | None:
+        """Kept in memory per library state, on disk per images and checkpoint (core/search/check_references.py)."""
+        key = ("feat", model_id, self.library.count_cases(), self._data_version)
+        if key not in self._refs:
+            self._refs = {k: v for k, v in self._refs.items() if k[0] != "feat" or k[1] != model_id}
+            self._refs[key] = saved_feature_reference(self.library, model_id, encoder)
+        ref = self._refs[key]
+        return ref if isinstance(ref, FeatureReference) else None
+
+    def _stats(self) -> StatsReference | None:
         key = ("stats", self.library.count_cases(), self._data_version)
         if key not in self._refs:
             self._refs = {k: v for k, v in self._refs.items() if k[0] != "stats"}
             self._refs[key] = self._stats_reference()
         ref = self._refs[key]
-        if not isinstance(ref, StatsReference) or loaded is None:
+        return ref if isinstance(ref, StatsReference) else None
+
+    def _image_check(self, loaded: LoadedImage | None) -> Verdict:
+        """Does the query image look like any library image (colour, grey level, field of view,
+        texture; core/image_stats.py)? None when the library has too few images to judge."""
+        ref = self._stats()
+        if ref is None or loaded is None:
             return Verdict(None)
         img = model_image(loaded, MODEL_SIZE)
         score = ref.score(features(img))
