@@ -37,7 +37,7 @@ PROBE = ("import json, runpy, sys\n"
 def run_search(tree: Path, library: Path, query: Path) -> tuple[float, dict]:
     """(wall seconds, the command's JSON) of one fresh `medhash search` with `tree` first on the path."""
     exe = Path(sys.executable).with_name("medhash")
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env = {**os.environ, "PYTHONPATH": str(tree), "MEDHASH_NO_SERVE": "1"}  # in-process, as before serve
     start = time.perf_counter()
     done = subprocess.run([str(exe), "search", "--library", str(library), "--image", str(query), "--json"],
                           capture_output=True, text=True, env=env, cwd="/", check=True)

@@ -216,27 +216,29 @@ def search_cmd(library: LibraryOpt,
                date_from: str | None = None, date_to: str | None = None,
                keyword: Annotated[str | None, typer.Option(help="Full-text filter on reports.")] = None,
                rerank: Annotated[bool, typer.Option(help="Re-rank by continuous embeddings.")] = False,
-               model: ModelOpt = None, device: DeviceOpt = "auto", as_json: JsonOpt = False) -> None:
+               model: ModelOpt = None, device: DeviceOpt = "auto", as_json: JsonOpt = False,
+               no_serve: NoServeOpt = False) -> None:
     """Rank library cases by Hamming distance to the query's code."""
-    from medhash_app.core.search import SearchFilters, SearchQuery
-
     try:
         if (image is None) == (text is None):
             raise MedHashError("query", "give exactly one of --image FILE or --text TEXT")
         if target not in (None, "reports", "images", "both"):
             raise MedHashError("--target", "must be reports, images or both")
-        filters = SearchFilters(labels=label or None, modality=modality, view=view, domain=domain,
-                                date_from=date_from, date_to=date_to, keyword=keyword)
-        query = SearchQuery(image_path=image, text=text, target=target, k=k, bits=bits, filters=filters,
-                            rerank=rerank)
+        filters = {"labels": label or None, "modality": modality, "view": view, "domain": domain,
+                   "date_from": date_from, "date_to": date_to, "keyword": keyword}
+        fields = {"image_path": image, "text": text, "target": target, "k": k, "bits": bits, "rerank": rerank}
+        served = served_search(library, fields, filters, model, device, no_serve)  # a running `medhash serve`
+        if served is not None:
+            emit_json(served) if as_json else _print_hits(result_view(served))
+            return
+        from medhash_app.core.search import SearchFilters, SearchQuery
+
         with _session(library, device=device) as session:
-            result = session.search(query, model)
+            result = session.search(SearchQuery(**fields, filters=SearchFilters(**filters)), model)
     except MedHashError as exc:
         fail(exc, as_json)
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    _print_hits(result)
+    emit_json(result.to_dict()) if as_json else _print_hits(result)
+    start_on_demand(library, device, no_serve)
 
 
 def _print_hits(result) -> None:
@@ -417,11 +419,14 @@ from medhash_app.cli_archive import register as register_archive
 from medhash_app.cli_captions import register as register_captions
 from medhash_app.cli_pacs import register as register_pacs
 from medhash_app.cli_research import register as register_research
+from medhash_app.cli_serve import NoServeOpt, result_view, served_search, start_on_demand
+from medhash_app.cli_serve import register as register_serve
 
 register_research(app)
 register_captions(app)
 register_pacs(app)
 register_archive(app)
+register_serve(app)
 
 
 def _window_problem() -> str | None:
