@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from medhash_app.core.archive.schema import add_model_partition
+from medhash_app.core.archive.schema import add_model_partition, lock_models
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -50,6 +50,7 @@ def register_model(conn: psycopg.Connection, model: dict[str, Any], *, with_weig
     if with_weights and weights_sha is not None:
         weights = (Path(model["checkpoint_path"]) / WEIGHTS).read_bytes()
     with conn.transaction():
+        lock_models(conn)
         conn.execute(
             "INSERT INTO medhash.models (fingerprint, name, method, bits, config, weights_sha256, weights, "
             "weights_uri) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (fingerprint) DO NOTHING",

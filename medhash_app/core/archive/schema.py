@@ -177,6 +177,13 @@ def _make_roles(conn: psycopg.Connection) -> None:
     conn.execute(sql.SQL(_GRANTS).format(reader=sql.Identifier(READER_ROLE), writer=sql.Identifier(WRITER_ROLE)))
 
 
+def lock_models(conn: psycopg.Connection) -> None:
+    """Serialise model registration for this transaction (the lock add_model_partition takes too).
+    Taken before inserting the model: otherwise a second publisher waiting on the new model's unique
+    key and the first one's partition (whose foreign key locks `models`) deadlock."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
+
+
 def add_model_partition(conn: psycopg.Connection, model_id: int) -> None:
     conn.execute("SELECT medhash.add_model_partition(%s)", [model_id])
 
