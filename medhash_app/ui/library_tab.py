@@ -42,8 +42,11 @@ def _table(headers: list[str], name: str, parent: QWidget) -> QTableWidget:
     table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
     table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
     table.setAlternatingRowColors(True)
-    table.horizontalHeader().setStretchLastSection(True)
-    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+    header = table.horizontalHeader()
+    header.setStretchLastSection(True)
+    header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+    for column, text in enumerate(headers):  # a header is never clipped ("ıAP@all (longest code" was)
+        header.resizeSection(column, max(header.sectionSize(column), header.fontMetrics().horizontalAdvance(text) + 16))
     return table
 
 
