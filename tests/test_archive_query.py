@@ -19,7 +19,8 @@ from tests.archive_server import fresh_archive_url
 REPORT = "Small left pleural effusion. Heart size normal."
 
 
-def test_text_query_in_the_archive_ranks_like_the_local_search(tiny_library: Path) -> None:
+def test_text_query_in_the_archive_ranks_like_the_local_search(tiny_library: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDHASH_NO_SERVE", "1")  # the local search runs in this process, no resident server
     url = fresh_archive_url()
     with connect(url, autocommit=True) as conn:
         init_archive(conn)
