@@ -8,7 +8,7 @@ one .npz under `indexes/` for the key it was built for, and rebuilt when anythin
 changes or the file is damaged:
   words     a SHA-256 of every case's report and domain in database order, and the builders' source;
   features  which cases have model inputs (`Library.input_fingerprint`), the checkpoint's files
-            (path, size, mtime) and the builders' source.
+            (name, size, mtime) and the builders' source.
 
 No pickle: a library folder may come from someone else, and unpickling runs code. The fitted
 TfidfVectorizers are saved as plain arrays (their parameters as JSON, the vocabulary as UTF-8 bytes
@@ -186,12 +186,12 @@ def saved_feature_reference(library: Library, model_id: int, encoder: EncoderSer
 
 
 def checkpoint_stamp(folder: Path) -> str:
-    """The checkpoint's files as path, size and modification time: weights written again, even in place,
-    give another stamp (hashing ~100 MB of weights would cost more than the reference saves)."""
-    folder = Path(folder).resolve()
+    """The checkpoint's files by name, size and modification time: weights written again, even in place,
+    give another stamp (hashing ~100 MB of weights would cost more than the reference saves). Not the
+    folder's path, so a library copied or moved with its models keeps its reference."""
     try:
-        files = sorted(p for p in folder.iterdir() if p.is_file())
+        files = sorted(p for p in Path(folder).iterdir() if p.is_file())
         parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
     except OSError:
-        parts = ["unreadable"]
-    return hashlib.sha256(f"{folder}|{'|'.join(parts)}".encode()).hexdigest()[:16]
+        parts = [f"unreadable:{Path(folder).resolve()}"]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
