@@ -18,7 +18,7 @@ import typer
 from medhash_app.cli_support import JsonOpt, console, emit_json, fail
 from medhash_app.core.errors import MedHashError
 from medhash_app.core.serve.client import ask, start_server
-from medhash_app.core.serve.folder import ServeFolderError, check_folder, serve_folder
+from medhash_app.core.serve.folder import ServeFolderError, check_folder, serve_folder, supported
 
 NO_SERVE_ENV = "MEDHASH_NO_SERVE"
 IDLE_ENV = "MEDHASH_SERVE_IDLE_TIMEOUT"
@@ -27,7 +27,7 @@ NoServeOpt = Annotated[bool, typer.Option("--no-serve", help=f"Search in this pr
 
 
 def serve_disabled(no_serve: bool) -> bool:
-    return no_serve or os.environ.get(NO_SERVE_ENV, "").lower() in ("1", "true", "yes")
+    return no_serve or not supported() or os.environ.get(NO_SERVE_ENV, "").lower() in ("1", "true", "yes")
 
 
 def served_search(library: Path, fields: dict[str, Any], filters: dict[str, Any], model: int | None,
@@ -82,6 +82,8 @@ def serve_cmd(library: Annotated[list[Path] | None, typer.Option(
               device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
               as_json: JsonOpt = False) -> None:
     """Keep a search process running on a private Unix socket, so `medhash search` answers fast."""
+    if not supported():
+        fail(MedHashError("medhash serve", "needs Unix sockets with peer credentials (Linux)"), as_json)
     folder = serve_folder()
     libraries = [Path(os.path.abspath(p)) for p in library or []]
     try:

@@ -44,6 +44,16 @@ def _env(folder: Path, **extra: str) -> dict[str, str]:
     return {**env, "MEDHASH_SERVE_DIR": str(folder), **extra}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def pinned_code() -> Iterator[None]:
+    """One source fingerprint for the test's servers and clients: others may edit this working tree
+    while the tests run, which would (rightly) make a server stop. test_changed_sources_stop_the_server
+    checks that with two different codes."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDHASH_SERVE_CODE", "test-code")
+        yield
+
+
 def _start(folder: Path, *args: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "medhash_app.core.serve", "--folder", str(folder), *args],
                             env=_env(folder), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -235,3 +245,15 @@ def test_a_search_with_no_server_starts_one_for_the_next(library: Path) -> None:
     assert probe["torch"] is False
     _same(second, first)
     assert ask(folder, {"op": "stop"})["ok"] is True
+
+
+def test_changed_sources_stop_the_server() -> None:
+    folder = _folder()
+    proc = _start(folder, "--idle-timeout", "60")
+    os.environ["MEDHASH_SERVE_CODE"] = "edited"  # the client's sources differ from the server's
+    try:
+        assert ask(folder, {"op": "ping"}) == {"ok": False, "stale_code": True}
+    finally:
+        os.environ["MEDHASH_SERVE_CODE"] = "test-code"
+    assert proc.wait(timeout=60) == 0 and "sources changed" in proc.stdout.read()
+    assert not (folder / SOCKET_NAME).exists()

@@ -24,6 +24,13 @@ class ServeFolderError(MedHashError):
     """The server's folder or socket is not private to this user."""
 
 
+def supported() -> bool:
+    """Unix sockets with the kernel's peer credentials (Linux); elsewhere the CLI searches in-process."""
+    import socket
+
+    return hasattr(socket, "AF_UNIX") and hasattr(socket, "SO_PEERCRED")
+
+
 def serve_folder() -> Path:
     """The folder for the socket (not created here)."""
     if os.environ.get(DIR_ENV):

@@ -18,7 +18,10 @@ _PACKAGES = (Path(__file__).resolve().parents[1], Path(__file__).resolve().paren
 
 
 def code_fingerprint() -> str:
-    """Count, newest mtime and total size of the sources the server runs (medhash_app.core, trainer)."""
+    """Count, newest mtime and total size of the sources the server runs (medhash_app.core, trainer);
+    MEDHASH_SERVE_CODE replaces it (tests pin it while others edit the same working tree)."""
+    if os.environ.get("MEDHASH_SERVE_CODE"):
+        return os.environ["MEDHASH_SERVE_CODE"]
     count = newest = size = 0
     for root in _PACKAGES:
         for folder, _, files in os.walk(root):

@@ -116,6 +116,7 @@ class SearchServer:
     def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if request.get("code") != self.code:  # the sources changed since this server started
+            log("the sources changed since this server started: stopping")
             self._stop = True
             return {"ok": False, "stale_code": True}
         if op == "ping":
