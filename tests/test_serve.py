@@ -41,7 +41,15 @@ def _folder() -> Path:
 
 def _env(folder: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "MEDHASH_NO_SERVE"}
-    return {**env, "MEDHASH_SERVE_DIR": str(folder), **extra}
+    # a server a fallback search starts on demand does not outlive the tests by long
+    return {**env, "MEDHASH_SERVE_DIR": str(folder), "MEDHASH_SERVE_IDLE_TIMEOUT": "60", **extra}
+
+
+@pytest.fixture()
+def fresh_folder() -> Iterator[Path]:
+    folder = _folder()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -206,8 +214,8 @@ def test_a_folder_open_to_others_is_refused(tmp_path: Path) -> None:
             check_folder(folder, create=False)
 
 
-def test_idle_timeout_exits_and_removes_the_socket() -> None:
-    folder = _folder()
+def test_idle_timeout_exits_and_removes_the_socket(fresh_folder: Path) -> None:
+    folder = fresh_folder
     proc = _start(folder, "--idle-timeout", "2")
     assert (folder / SOCKET_NAME).exists()
     assert proc.wait(timeout=60) == 0
@@ -215,8 +223,8 @@ def test_idle_timeout_exits_and_removes_the_socket() -> None:
     assert "idle for 2 s: exiting" in proc.stdout.read()
 
 
-def test_a_stale_socket_is_replaced() -> None:
-    folder = _folder()
+def test_a_stale_socket_is_replaced(fresh_folder: Path) -> None:
+    folder = fresh_folder
     os.chmod(folder, 0o700)
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(folder / SOCKET_NAME))  # a server that died without removing its socket
@@ -230,10 +238,10 @@ def test_a_stale_socket_is_replaced() -> None:
     assert not (folder / SOCKET_NAME).exists()
 
 
-def test_a_search_with_no_server_starts_one_for_the_next(library: Path) -> None:
-    folder = _folder()
+def test_a_search_with_no_server_starts_one_for_the_next(library: Path, fresh_folder: Path) -> None:
+    folder = fresh_folder
     args = ["--library", str(library), "--text", "cardiomegaly", "-k", "3", "--device", "cpu"]
-    first, probe = _cli(folder, *args, MEDHASH_SERVE_IDLE_TIMEOUT="120")
+    first, probe = _cli(folder, *args)
     assert probe["torch"] is True  # searched in its own process
     deadline = time.monotonic() + 120
     answer = None
@@ -247,8 +255,8 @@ def test_a_search_with_no_server_starts_one_for_the_next(library: Path) -> None:
     assert ask(folder, {"op": "stop"})["ok"] is True
 
 
-def test_changed_sources_stop_the_server() -> None:
-    folder = _folder()
+def test_changed_sources_stop_the_server(fresh_folder: Path) -> None:
+    folder = fresh_folder
     proc = _start(folder, "--idle-timeout", "60")
     os.environ["MEDHASH_SERVE_CODE"] = "edited"  # the client's sources differ from the server's
     try:
