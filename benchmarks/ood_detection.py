@@ -226,6 +226,8 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-chest-library", action="store_true")
+    ap.add_argument("--reuse-library", type=Path, help="evaluate on this fundus library (built by an earlier run "
+                                                        "of this script with the same rows) instead of building one")
     ap.add_argument("--stats-margin", type=float, help="override core/image_stats.py MARGIN (threshold study)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -264,8 +266,14 @@ def main() -> None:
                                                                       "transfer_syntax_misc")}
 
         t0 = time.perf_counter()
-        session, ingest_report = build_library(tmp / "fundus-lib", lib_manifest, args.backbone, args.epochs,
-                                               args.bits)
+        if args.reuse_library:  # a fundus library this script built before (same rows, model trained)
+            from medhash_app.core.session import MedHashSession
+
+            session = MedHashSession(args.reuse_library, device="cpu")
+            ingest_report = argparse.Namespace(added=session.library.count_cases())
+        else:
+            session, ingest_report = build_library(tmp / "fundus-lib", lib_manifest, args.backbone, args.epochs,
+                                                   args.bits)
         build_s = time.perf_counter() - t0
         rows: list = []
         groups = {

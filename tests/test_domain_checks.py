@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from medhash_app.core.encoder.stem_features import load_features
+from medhash_app.core.encoder.stem_features import checkpoint_identity, load_features
 from medhash_app.core.search import SearchQuery
 from medhash_app.core.search.domain_checks import Verdict, combine
 from medhash_app.core.search.feature_ood import build_feature_reference
@@ -102,7 +102,7 @@ def test_encoding_captures_the_frozen_stem_features_in_the_same_forward(session:
     with torch.inference_mode():
         stem = backbone.image_stem(backbone.preprocess(img)[None].to(encoder.device))
     assert np.allclose(got[0], stem.float().mean(dim=(2, 3))[0].cpu().numpy(), atol=1e-5)
-    stored = load_features(session.library.folder, model["id"], str(encoder.checkpoint_dir))
+    stored = load_features(session.library.folder, model["id"], checkpoint_identity(encoder.checkpoint_dir))
     assert set(stored) == set(session.library.case_ids())  # kept while the library was encoded
     assert np.allclose(stored[case["id"]], got[0], atol=1e-2)  # float16 on disk
 
@@ -149,3 +149,18 @@ def test_cli_json_says_a_foreign_report_is_out_and_why(tiny_library: Path) -> No
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert data["out_of_domain"] is True and "check:" in data["out_of_domain_reason"]
+
+
+def test_stored_features_survive_a_moved_library_but_not_another_checkpoint(tmp_path: Path) -> None:
+    from medhash_app.core.encoder.stem_features import save_features
+
+    def checkpoint(root: Path, size: int) -> Path:
+        folder = root / "models" / "base-64-s0-1" / "best"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"x" * size)
+        return folder
+
+    here, moved, other = checkpoint(tmp_path / "a", 10), checkpoint(tmp_path / "b", 10), checkpoint(tmp_path / "c", 11)
+    save_features(tmp_path / "a", 1, checkpoint_identity(here), ["c1", "c2"], np.ones((2, 4), np.float32))
+    assert set(load_features(tmp_path / "a", 1, checkpoint_identity(moved))) == {"c1", "c2"}
+    assert load_features(tmp_path / "a", 1, checkpoint_identity(other)) == {}

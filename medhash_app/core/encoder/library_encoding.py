@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from medhash_app.core.encoder.service import EncodedBatch, EncoderService, image_meta
-from medhash_app.core.encoder.stem_features import save_features
+from medhash_app.core.encoder.stem_features import checkpoint_identity, save_features
 from medhash_app.core.errors import CorruptFileError
 from medhash_app.core.library import Library
 
@@ -86,5 +86,6 @@ def encode_library(library: Library, model_id: int, encoder: EncoderService, *, 
                 progress(done, len(todo))
     finally:
         if features:
-            save_features(library.folder, model_id, str(encoder.checkpoint_dir), feature_ids, np.concatenate(features))
+            save_features(library.folder, model_id, checkpoint_identity(encoder.checkpoint_dir), feature_ids,
+                          np.concatenate(features))
     return done

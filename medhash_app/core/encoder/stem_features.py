@@ -6,7 +6,7 @@ encoded, so a forward hook on the last frozen module takes their output for free
 pass), at query time and while a library is encoded.
 
 Where they are kept: `<library>/ood/image-features-m<model id>.npz` (case ids, float16 features,
-the checkpoint they came from). It is a cache: a missing, unreadable or foreign file (another
+the checkpoint they came from, by `checkpoint_identity`). It is a cache: a missing, unreadable or foreign file (another
 checkpoint under the same model id) is ignored and refilled; cases that left the library are
 simply not looked up.
 """
@@ -68,6 +68,14 @@ def capture(module: nn.Module | None) -> Iterator[list[torch.Tensor]]:
         yield seen
     finally:
         handle.remove()
+
+
+def checkpoint_identity(checkpoint_dir: str | Path) -> str:
+    """Which checkpoint features came from, unchanged when the library folder moves: the checkpoint
+    folder's name and its weights file's size (a different model under the same id differs)."""
+    folder = Path(checkpoint_dir)
+    weights = folder / "model.safetensors"
+    return f"{folder.name}:{weights.stat().st_size if weights.is_file() else 0}"
 
 
 def store_path(library_folder: Path, model_id: int) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from medhash_app.core.encoder.service import EncoderService
-from medhash_app.core.encoder.stem_features import load_features, save_features
+from medhash_app.core.encoder.stem_features import checkpoint_identity, load_features, save_features
 from medhash_app.core.library import Library
 from medhash_app.core.search.feature_ood import FeatureReference, build_feature_reference, sample_rows
 
@@ -50,7 +50,7 @@ def library_feature_reference(library: Library, model_id: int, encoder: EncoderS
     the library was encoded), the missing ones computed from the stored model inputs and kept."""
     cases = [(c["id"], c["input_path"]) for c in library.iter_cases() if c.get("input_path")]
     picked = [cases[i] for i in sample_rows(len(cases))]
-    checkpoint = str(encoder.checkpoint_dir)
+    checkpoint = checkpoint_identity(encoder.checkpoint_dir)
     stored = load_features(library.folder, model_id, checkpoint)
     missing = [(cid, rel) for cid, rel in picked if cid not in stored]
     for start in range(0, len(missing), BATCH):
