@@ -12,8 +12,6 @@ the server answers. Filtered searches always go to the server (filters live with
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from medhash_app.core.index import BinaryIndex
+from medhash_app.core.library.files import atomic_savez
 
 FORMAT = 1
 
@@ -114,14 +113,7 @@ def _download(conn: psycopg.Connection, model_id: int, modality: str, bits: int)
 
 
 def _write(path: Path, version: int | None, ids: np.ndarray, codes: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, ids=ids, codes=codes, meta=np.array(json.dumps({"format": FORMAT, "version": version})))
-        os.replace(name, path)
-    finally:
-        Path(name).unlink(missing_ok=True)
+    atomic_savez(path, ids=ids, codes=codes, meta=np.array(json.dumps({"format": FORMAT, "version": version})))
 
 
 def _read(path: Path, bits: int) -> tuple[int, np.ndarray, np.ndarray] | None:

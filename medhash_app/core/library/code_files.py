@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from medhash_app.core.library.files import atomic_savez
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +80,7 @@ def read(path: Path, token: str, bits: int) -> tuple[StoredCodes | None, str]:
 def write(path: Path, token: str, stored: StoredCodes) -> None:
     """Save atomically; a library that cannot be written to (read-only, disk full) just goes without."""
     meta = {"format": FORMAT, "token": token, "count": len(stored.ids), "sha256": stored.digest}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, ids=stored.ids, seqs=stored.seqs, codes=stored.codes, meta=np.array(json.dumps(meta)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_savez(path, ids=stored.ids, seqs=stored.seqs, codes=stored.codes, meta=np.array(json.dumps(meta)))
     except OSError as exc:
         log.warning("codes file %s not written: %s", path.name, exc)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)

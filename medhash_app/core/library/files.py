@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 DB_NAME = "library.sqlite"
 SUBFOLDERS = ("inputs", "thumbs", "indexes", "models")
@@ -43,6 +47,21 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_savez(path: Path, **arrays: Any) -> None:
+    """np.savez to `path` atomically and durably (temp file, fsync, os.replace): a reader or a crash
+    sees the old file or the whole new one. OSError when the folder cannot be written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def file_ok(folder: Path, rel_path: str | None) -> bool:

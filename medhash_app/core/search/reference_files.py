@@ -16,8 +16,6 @@ import hashlib
 import inspect
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from functools import cache
@@ -26,6 +24,8 @@ from types import ModuleType
 from typing import TypeVar
 
 import numpy as np
+
+from medhash_app.core.library.files import atomic_savez
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +85,7 @@ def _write(path: Path, key: str, ref: object) -> None:
     arrays = {n: np.asarray(v) for n, v in values.items()}
     meta = {"format": FORMAT, "key": key, "class": type(ref).__qualname__, "sha256": _digest(arrays),
             "scalars": [n for n, v in values.items() if not isinstance(v, np.ndarray)]}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, __meta__=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
+        atomic_savez(path, __meta__=np.array(json.dumps(meta)), **arrays)
     except OSError as exc:
         log.warning("reference %s not saved: %s", path.name, exc)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
