@@ -119,8 +119,7 @@ def experiment_cmd(ctx: typer.Context, library: LibraryOpt,
         command = command_line(ctx)
         if protocol == "fair":
             spec = _fair_spec(methods, bits, noise, seeds, steps, lr_grid, backbone_lr_grid, select_steps, backbone,
-                              weights, batch_size, split_sizes, device, workers)
-            spec.trainable_top_blocks = trainable_top_blocks
+                              weights, batch_size, split_sizes, device, workers, trainable_top_blocks)
             job = _fair_job(library, spec, out, relevance, phase, max_runs, command, report_only)
         else:
             job = _grid_job(library, out, methods, bits, noise, seeds, epochs, backbone, weights, batch_size, lr,
@@ -160,7 +159,7 @@ def _grid_job(library, out, methods, bits, noise, seeds, epochs, backbone, weigh
 
 
 def _fair_spec(methods, bits, noise, seeds, steps, lr_grid, backbone_lr_grid, select_steps, backbone, weights,
-               batch_size, split_sizes, device, workers):
+               batch_size, split_sizes, device, workers, trainable_top_blocks=None):
     from trainer.experiment import parse_list, parse_methods
     from trainer.fair_protocol import FairSpec
 
@@ -170,8 +169,9 @@ def _fair_spec(methods, bits, noise, seeds, steps, lr_grid, backbone_lr_grid, se
                     batch_size=batch_size or 32, lr_grid=parse_list(lr_grid, float, "--lr-grid"),
                     backbone_lr_grid=parse_list(backbone_lr_grid, float, "--backbone-lr-grid"),
                     select_bits=64 if 64 in chosen_bits else max(chosen_bits), select_steps=select_steps,
-                    backbone=backbone, weights_path=str(weights) if weights else None, device=device,
-                    num_workers=workers, split_sizes=parse_sizes(split_sizes))
+                    backbone=backbone, weights_path=str(weights) if weights else None,
+                    trainable_top_blocks=trainable_top_blocks, device=device, num_workers=workers,
+                    split_sizes=parse_sizes(split_sizes))
 
 
 def _fair_job(library, spec, out, relevance, phase, max_runs, command, report_only):

@@ -25,7 +25,7 @@ RARE = 5
 
 def _towers(spec: Any) -> str:
     """Which tower layers trained: the regime a reader must know to read the numbers."""
-    ttb = getattr(spec, "trainable_top_blocks", None)
+    ttb = spec.trainable_top_blocks
     if ttb is None:
         return "each method's own trainable tower blocks (2)"
     if ttb == 0:
