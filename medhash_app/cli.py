@@ -31,6 +31,7 @@ from medhash_app.cli_support import (
     parse_sizes,
     progress_bar,
 )
+from medhash_app.cli_version import version_callback
 from medhash_app.core.errors import JobCancelled, MedHashError
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
@@ -57,7 +58,11 @@ def _bits(text: str) -> list[int]:
 
 @app.callback(invoke_without_command=True)
 def main_callback(ctx: typer.Context,
-                  library: Annotated[Path | None, typer.Option("--library", "-l")] = None) -> None:
+                  library: Annotated[Path | None, typer.Option("--library", "-l")] = None,
+                  open_paths: Annotated[list[Path] | None, typer.Option(
+                      "--open", help="Open the window with this file as the query (the .dcm file association).")] = None,
+                  version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                                        help="Print the version and exit.")] = False) -> None:
     """With no command: open the desktop app."""
     if ctx.invoked_subcommand is None:
         problem = _window_problem()
@@ -65,7 +70,7 @@ def main_callback(ctx: typer.Context,
             fail(MedHashError(None, problem), as_json=False)
         from medhash_app.ui.app import run_app
 
-        raise typer.Exit(run_app(library, []))
+        raise typer.Exit(run_app(library, [], open_paths=open_paths or []))
 
 
 @app.command("ingest")

@@ -126,7 +126,8 @@ def binding_problem() -> str | None:
     return None
 
 
-def run_app(library_dir: Path | None, argv: Sequence[str], *, device: str = "auto") -> int:
+def run_app(library_dir: Path | None, argv: Sequence[str], *, device: str = "auto",
+            open_paths: Sequence[Path] = ()) -> int:
     """Build the app, show the main window (opening `library_dir` or the last library) and run."""
     log_path = configure_logging()
     app = make_application(argv)
@@ -147,6 +148,9 @@ def run_app(library_dir: Path | None, argv: Sequence[str], *, device: str = "aut
         window.open_library(Path(target))
     elif library_dir is None:
         window.offer_first_run()  # nothing to reopen: offer the demo library
+    if open_paths:  # `medhash --open FILE`, the desktop entry's .dcm association: the file is the query
+        window.tabs.setCurrentWidget(window.search_tab)
+        window.search_tab.open_paths(list(open_paths))
     log.info("MedHash UI started (log: %s)", log_path)
     app.aboutToQuit.connect(window.shutdown)
     try:
