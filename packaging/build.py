@@ -5,6 +5,7 @@
     python packaging/build.py --flavor cpu         # leaves out the CUDA libraries only dlopen()ed on GPU
     python packaging/build.py --no-gpl             # without pylibjpeg-libjpeg (GPLv3; docs/codecs.md)
     python packaging/build.py --dist /opt/build --tarball
+    python packaging/build.py --pack dist/medhash  # tarball of a bundle built before
 
 The bundle lands in DIST/medhash/ (run DIST/medhash/medhash); MANIFEST.json/.txt and licenses/ are
 written into it. See docs/packaging.md.
@@ -38,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dist", type=Path, default=REPO / "dist", help="output folder (default: dist/)")
     parser.add_argument("--work", type=Path, default=None, help="PyInstaller work folder (default: build/pyinstaller)")
     parser.add_argument("--tarball", action="store_true", help="also pack DIST/medhash-<version>-linux-<flavor>.tar.gz")
+    parser.add_argument("--pack", type=Path, metavar="BUNDLE", help="only pack this built bundle folder (no build)")
     return parser.parse_args(argv)
 
 
@@ -52,12 +54,32 @@ def run_pyinstaller(args: argparse.Namespace) -> Path:
 
 
 def write_bundle_manifest(bundle: Path, work: Path, flavor: str, gpl: bool, seconds: float) -> dict:
-    names = set(json.loads((work / "bundled_names.json").read_text()))
-    dists = bundle_rules.bundled_distributions(names)
-    data = bundle_rules.manifest(dists, flavor, gpl, {"build_seconds": round(seconds), "size_bytes": folder_size(bundle)})
+    found = json.loads((work / "bundled_names.json").read_text())
+    dists = bundle_rules.bundled_distributions(set(found["names"]))
+    system = system_libraries(found["system_libraries"], bundle)
+    data = bundle_rules.manifest(dists, flavor, gpl, {"build_seconds": round(seconds),
+                                                       "size_bytes": folder_size(bundle),
+                                                       "system_libraries": system})
     bundle_rules.write_manifest(bundle, data)
     bundle_rules.copy_licences(bundle, dists)
     return data
+
+
+def system_libraries(paths: list[str], bundle: Path) -> list[dict]:
+    """The OS libraries PyInstaller copied in, with the Debian package each came from; that package's
+    copyright file (its licence) goes to licenses/system/<package>/."""
+    real = {path: os.path.realpath(path) for path in paths}
+    owners = bundle_rules.debian_packages(sorted({*paths, *real.values()}))
+    rows = []
+    for path in paths:
+        package = owners.get(path) or owners.get(real[path])
+        rows.append({"file": Path(path).name, "from": path, "debian_package": package})
+        copyright_file = Path("/usr/share/doc") / (package or "-") / "copyright"
+        if package and copyright_file.is_file():
+            target = bundle / "licenses" / "system" / package / "copyright"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(copyright_file, target)
+    return rows
 
 
 def folder_size(folder: Path) -> int:
@@ -74,6 +96,10 @@ def pack(bundle: Path, version: str, flavor: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.pack is not None:
+        data = json.loads((args.pack / "MANIFEST.json").read_text())
+        print(f"packed {pack(args.pack, data['version'], data['flavor'])}")
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
     work = run_pyinstaller(args)

