@@ -146,8 +146,13 @@ def measure(library: Path, repeats: int, k: int) -> dict[str, object]:
             if time.monotonic() > deadline:
                 raise TimeoutError("the UI did not get there in time")
 
+    ready: list[str] = []
+    window.state.preparing.connect(lambda text: ready.append(text) if text.startswith("Search ready") else None)
+    opened_at = time.perf_counter()
     window.open_library(library)
     spin_until(lambda: window.state.session is not None, 120)
+    spin_until(lambda: bool(ready), 1200)  # the background warm-up the status bar announces
+    warm_up_ms = (time.perf_counter() - opened_at) * 1000
 
     def drop(path: Path) -> tuple[float, object]:
         finished: list[object] = []
@@ -182,7 +187,7 @@ def measure(library: Path, repeats: int, k: int) -> dict[str, object]:
         search.append(result.search_ms)
     window.shutdown()
     pct = statistics.quantiles(totals, n=20)
-    return {"cold_ms": cold_ms, "cold_encode_ms": cold.encode_ms, "cold_search_ms": cold.search_ms,
+    return {"warm_up_ms": warm_up_ms, "ready_text": ready[0], "cold_ms": cold_ms, "cold_encode_ms": cold.encode_ms, "cold_search_ms": cold.search_ms,
             "median_ms": statistics.median(totals), "p95_ms": pct[18], "min_ms": min(totals),
             "max_ms": max(totals), "encode_median_ms": statistics.median(encode),
             "search_median_ms": statistics.median(search), "hits": len(cold.hits), "bits": cold.bits}
@@ -210,7 +215,10 @@ def write_report(path: Path, command: str, build: dict[str, float], stats: dict[
         "",
         "| measure | ms |",
         "|---|---:|",
-        f"| first drop (loads the encoder and builds the FAISS index) | {stats['cold_ms']:.0f} |",
+        (f"| library opened -> status bar \"Search ready\" (background warm-up: encoder, codes, checks) | "
+        f"{stats['warm_up_ms']:.0f} |"),
+        (f"| first drop after that (encode {stats['cold_encode_ms']:.0f}, search + rows "
+         f"{stats['cold_search_ms']:.0f}) | {stats['cold_ms']:.0f} |"),
         f"| drop -> painted, median of {len(QUERIES)} files x repeats | {stats['median_ms']:.0f} |",
         f"| drop -> painted, p95 | {stats['p95_ms']:.0f} |",
         f"| drop -> painted, min / max | {stats['min_ms']:.0f} / {stats['max_ms']:.0f} |",
