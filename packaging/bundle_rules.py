@@ -243,3 +243,13 @@ def debian_packages(paths: list[str]) -> dict[str, str]:
         package, _, path = line.partition(": ")
         owners[path.strip()] = package.split(":")[0].strip()
     return owners
+
+
+def cuda_libraries(site_packages: Path) -> list[tuple[str, str]]:
+    """Every shared library of the nvidia-* wheels as (source, bundle folder). The contributed hooks
+    look for `nvidia.cublas`-style modules, which the CUDA 13 wheels (one `nvidia/cu13/lib`) no longer
+    have, so only what torch links would be collected; the dlopen()ed ones (cuDNN's engines, cuSOLVER)
+    must be added by hand for a bundle that runs on a GPU."""
+    root = site_packages / "nvidia"
+    return sorted((str(lib), str(lib.parent.relative_to(site_packages)))
+                  for lib in root.rglob("*.so*") if lib.is_file())

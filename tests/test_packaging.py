@@ -51,6 +51,17 @@ def test_cpu_bundle_keeps_every_library_torch_links() -> None:
     assert dropped, "the CPU rule drops nothing from this torch: the patterns no longer match its libraries"
 
 
+def test_cuda_libraries_include_the_dlopened_ones() -> None:
+    spec = importlib.util.find_spec("torch")
+    site = Path(spec.origin).parents[1] if spec else None
+    if site is None or not (site / "nvidia").is_dir():
+        pytest.skip("no nvidia-* wheels installed")
+    found = {Path(source).name: folder for source, folder in bundle_rules.cuda_libraries(site)}
+    cudnn_engines = [name for name in found if name.startswith("libcudnn_engines")]
+    assert cudnn_engines and all(found[name] == "nvidia/cudnn/lib" for name in cudnn_engines)
+    assert all(bundle_rules.dropped_binary(f"{found[name]}/{name}", "cpu") for name in cudnn_engines)
+
+
 def test_dropped_binary_only_in_the_cpu_flavor() -> None:
     engine = "nvidia/cudnn/lib/libcudnn_engines_precompiled.so.9"
     assert bundle_rules.dropped_binary(engine, "cpu")
