@@ -105,3 +105,12 @@ def test_tie_aware_recall_counts_distances_not_which_tied_case() -> None:
     assert tie_aware_recall(exact, [(1, 3), (2, 4), (9, 5), (8, 5)]) == 1.0  # other cases at the 4th distance
     assert tie_aware_recall(exact, [(1, 3), (2, 4), (9, 5), (8, 6)]) == 0.75
     assert tie_aware_recall(exact, [(7, 6), (2, 4), (9, 6), (8, 6)]) == 0.25
+
+
+def test_indexing_a_model_the_archive_lacks_is_one_line(tmp_path: Path) -> None:
+    url = fresh_archive_url()
+    with connect(url, autocommit=True) as conn:
+        init_archive(conn)
+    result = CliRunner().invoke(app, ["archive", "index", "--archive", url, "--model", "7", "--bits", "32"])
+    assert result.exit_code == 2 and "model 7: no such model in this archive" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

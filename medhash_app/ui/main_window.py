@@ -92,13 +92,15 @@ class MainWindow(QMainWindow):
         self.demo_action = self._action("Open &demo library", None, self.library_tab.open_demo_library,
                                         "Open the demo library (built on first use)")
         self.import_action = self._action("&Import into library…", "Ctrl+I", self.library_tab.choose_import_folder)
+        self.archive_action = self._action("Open &archive…", None, self._open_archive, "Search a shared case "
+                                           "archive (PostgreSQL) with this library's model")
         self.pacs_action = self._action("&PACS…", None, self.show_pacs, "Receive studies from the PACS, or find "
                                         "and pull them into the library")
         self.csv_action = self._action("Export results as &CSV…", "Ctrl+E", self.search_tab.choose_csv)
         self.summary_action = self._action("Export &summary…", "Ctrl+P", self.search_tab.choose_summary)
         quit_action = self._action("&Quit", QKeySequence.StandardKey.Quit, self.close)
         for action in (self.open_action, None, self.new_lib_action, self.open_lib_action, self.demo_action,
-                       self.import_action, self.pacs_action,
+                       self.import_action, self.archive_action, self.pacs_action,
                        None, self.csv_action, self.summary_action, None, quit_action):
             file_menu.addSeparator() if action is None else file_menu.addAction(action)
 
@@ -259,6 +261,10 @@ class MainWindow(QMainWindow):
         else:
             self.tabs.setCurrentWidget(self.search_tab)
             self.search_tab.open_paths(paths)
+
+    def _open_archive(self) -> None:
+        self.tabs.setCurrentWidget(self.search_tab)
+        self.search_tab.choose_archive()
 
     def _open_query(self) -> None:
         self.tabs.setCurrentWidget(self.search_tab)

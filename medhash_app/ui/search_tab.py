@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QSplitter, QVBoxLayout, QWidget
 
+from medhash_app.ui.archive_bar import ArchiveBar
+from medhash_app.ui.archive_dialog import OpenArchiveDialog
 from medhash_app.ui.case_view import CaseDialog
 from medhash_app.ui.dropping import FILE_DIALOG_FILTER, query_candidates
 from medhash_app.ui.export import export_csv, export_summary
 from medhash_app.ui.filter_bar import FilterBar, FilterOptions, read_filter_options
-from medhash_app.ui.messages import MessageBar
+from medhash_app.ui.messages import MessageBar, describe
 from medhash_app.ui.query_panel import QueryPanel
 from medhash_app.ui.results_model import ResultsModel
 from medhash_app.ui.results_view import ResultsView
@@ -25,6 +27,7 @@ from medhash_app.ui.thumbnails import ThumbnailLoader
 from medhash_app.ui.workers import JobHandle, JobRunner
 
 if TYPE_CHECKING:
+    from medhash_app.core.archive.workstation import ArchiveAnswer, ArchiveInfo
     from medhash_app.core.search.types import Hit, SearchQuery, SearchResult
 
 
@@ -68,6 +71,7 @@ class SearchTab(QWidget):
         self.model = ResultsModel(self.loader, self)
         self.results = ResultsView(self.model, self)
         self.message = MessageBar(self)
+        self.archive_bar = ArchiveBar(runner, self)  # shown while searches go to a shared archive
         self.summary = QLabel("Open a library, then drop an image or type a report.", self)
         set_role(self.summary, "muted")
         self.summary.setAccessibleName("Search summary")
@@ -91,6 +95,7 @@ class SearchTab(QWidget):
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(0, 0, 0, 0)
         right_layout.setSpacing(6)
+        right_layout.addWidget(self.archive_bar)
         right_layout.addWidget(self.filters)
         line = QHBoxLayout()
         line.addWidget(self.summary, 1)
@@ -117,6 +122,10 @@ class SearchTab(QWidget):
         self.filters.viewModeChanged.connect(self.set_view_mode)
         self.results.hitActivated.connect(self.open_case)
         self.state.changed.connect(self._on_session_changed)  # Ctrl+Enter lives on the window's action
+        self.archive_bar.opened.connect(self._on_archive_opened)
+        self.archive_bar.closed.connect(self._on_archive_closed)
+        self.archive_bar.failed.connect(self._on_archive_failed)
+        self.archive_bar.modeChanged.connect(self._on_filters_changed)
 
     # -- query input --------------------------------------------------------------------------
     def open_paths(self, paths: list[Path]) -> JobHandle | None:
@@ -188,7 +197,10 @@ class SearchTab(QWidget):
         self.message.hide()
         self.summary.setText(f"{shown.description}: searching…")
         self._started = time.perf_counter()
-        job = self.runner.start("search", lambda _p, _c: session.search(query))
+        archive = self.archive_bar.client is not None
+        job = self.runner.start("archive search" if archive else "search",
+                                self.archive_bar.search_job(session, query) if archive
+                                else lambda _p, _c: session.search(query))
         job.succeeded.connect(lambda result, shown=shown: self._on_result(result, shown))
         job.failed.connect(lambda exc, shown=shown: self._on_failed(exc, shown))
         self._job = job
@@ -203,7 +215,11 @@ class SearchTab(QWidget):
             self.summary.setText(summary)
         self._update_enabled()
 
-    def _on_result(self, result: SearchResult, shown: ShownQuery) -> None:
+    def _on_result(self, result: SearchResult | ArchiveAnswer, shown: ShownQuery) -> None:
+        answered = ""
+        if not hasattr(result, "hits"):  # an archive search: the result plus who answered
+            answered = " · archive, " + self.archive_bar.show_answer(result)
+            result = result.result
         self.result, self.result_query = result, shown
         self.model.set_result(result)
         self.query.set_query_findings(result.query_findings)
@@ -212,7 +228,7 @@ class SearchTab(QWidget):
         self.summary.setText(
             f"{shown.description}: {len(result.hits)} {what} · {result.bits}-bit codes · {elapsed:.0f} ms "
             f"(encode {result.encode_ms:.0f} ms, search {result.search_ms:.0f} ms)"
-            + (" · filtered" if self.filters.is_filtering() else ""))
+            + (" · filtered" if self.filters.is_filtering() else "") + answered)
         if result.out_of_domain:  # above the results, until the next search (core/search/ood.py)
             self.message.show_message(f"Out of domain: {result.out_of_domain_reason}", "warning")
         elif self.message.text().startswith("Out of domain:"):
@@ -220,13 +236,45 @@ class SearchTab(QWidget):
         if not result.hits:
             self.message.show_message("No case matches this query with the current filters.", "info", 6000)
         self._update_enabled()
-        self.statusMessage.emit(f"Search took {elapsed:.0f} ms on {result.device}")
+        self.statusMessage.emit(f"Search took {elapsed:.0f} ms on {result.device}{answered}")
         self.searchFinished.emit(result, elapsed)
 
     def _on_failed(self, exc: BaseException, shown: ShownQuery) -> None:
         self.clear_results(f"{shown.description}: search failed.")
         self.message.show_error(exc)
+        if self.archive_bar.client is not None:
+            self.statusMessage.emit(f"Archive search failed: {describe(exc)}")
         self.searchFailed.emit(exc)
+
+    # -- shared archive (core/archive/workstation.py) -----------------------------------------
+    def open_archive(self, target: str, mirror_folder: Path | None) -> JobHandle | None:
+        """Search a shared archive instead of the library (whose active model encodes the queries)."""
+        self.statusMessage.emit("Connecting to the archive…")
+        return self.archive_bar.open_archive(target, mirror_folder, self.state.session)
+
+    def choose_archive(self) -> None:
+        dialog = OpenArchiveDialog(self.settings.last_archive(), self.settings.archive_mirror(), self)
+        if dialog.exec() == OpenArchiveDialog.DialogCode.Accepted and dialog.target():
+            self.open_archive(dialog.target(), dialog.mirror_folder())
+
+    def _on_archive_opened(self, info: ArchiveInfo) -> None:
+        self.settings.set_last_archive(self.archive_bar.client.target, self.archive_bar.client.mirror_folder is not None)
+        self.clear_results(f"Archive {info.label}: {info.cases:,} cases · queries are encoded by the library's model")
+        self.message.hide()
+        if self.state.session is not None and info.model_id is None:
+            self.message.show_message(f"Archive {info.label}: the library's active model was never published "
+                                      "there, so its queries cannot be searched in it (medhash archive publish).",
+                                      "warning")
+        self.statusMessage.emit(f"Searching the archive {info.label}")
+
+    def _on_archive_closed(self) -> None:
+        self.clear_results("Searching the local library.")
+        self.statusMessage.emit("Searching the local library")
+
+    def _on_archive_failed(self, exc: BaseException) -> None:
+        text = describe(exc)
+        self.message.show_message(f"Archive: {text}", "warning")
+        self.statusMessage.emit(f"Archive: {text}")
 
     def _on_mode_changed(self, mode: str) -> None:
         """Image query <-> Report query: each kind finds its own default target, and the list of the
@@ -308,6 +356,7 @@ class SearchTab(QWidget):
     def _on_session_changed(self) -> None:
         self.clear_results()
         session = self.state.session
+        self.archive_bar.set_session(session)
         self._update_enabled()
         if session is None:
             self.summary.setText("Open a library, then drop an image or type a report.")
@@ -320,6 +369,9 @@ class SearchTab(QWidget):
         job.succeeded.connect(lambda options: self.filters.set_options(options, self.state.info.model_bits))
 
     def _read_thumb(self, case: dict[str, Any]) -> bytes | None:
+        if "archive_case_id" in case:  # an archive hit: its published thumbnail (loader thread)
+            client = self.archive_bar.client
+            return client.thumbnail(case["archive_case_id"]) if client is not None else None
         session = self.state.session
         rel = case.get("thumb_path")
         if session is None or not rel:
@@ -337,3 +389,4 @@ class SearchTab(QWidget):
 
     def shutdown(self) -> None:
         self.loader.stop()
+        self.archive_bar.shutdown()

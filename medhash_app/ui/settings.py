@@ -93,6 +93,17 @@ class AppSettings:
     def set_page_size(self, k: int) -> None:
         self.qs.setValue("search/k", int(k))
 
+    def last_archive(self) -> str:
+        """The archive opened last (a service name or URL: never holds a password, core refuses one)."""
+        return str(self.qs.value("archive/target", ""))
+
+    def archive_mirror(self) -> bool:
+        return str(self.qs.value("archive/mirror", "true")).lower() == "true"
+
+    def set_last_archive(self, target: str, mirror: bool) -> None:
+        self.qs.setValue("archive/target", target)
+        self.qs.setValue("archive/mirror", "true" if mirror else "false")
+
     def last_dir(self, kind: str) -> str:
         return str(self.qs.value(f"dirs/{kind}", str(Path.home())))
 

@@ -9,7 +9,8 @@
 Library tab's case browser as a thumbnail grid (`browser-list`: as a list); `light-live` switches
 from the dark to the light theme while the window runs; `search` opens LIB and searches with the image
 FILE (e.g. a chest DICOM in a fundus library: the out-of-domain warning above the results), then
-with the report TEXT when `--text` is given; `--view grid` shows the results as a grid.
+with the report TEXT when `--text` is given; `--view grid` shows the results as a grid; with `--archive
+TARGET` (and `--text`) the typed report is searched in that shared archive (docs/archive.md).
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ def main() -> int:
     parser.add_argument("--library", type=Path)
     parser.add_argument("--query", type=Path, help="image file the `search` shot searches with")
     parser.add_argument("--text", help="`search`: then search with this typed report instead")
+    parser.add_argument("--archive", help="`search`: search this archive (service name or URL) with the typed "
+                        "--text instead of the library (whose active model must be published there)")
     parser.add_argument("--view", choices=["list", "grid"], default="list", help="`search`: results as")
     parser.add_argument("--theme", default="dark")
+    parser.add_argument("--timeout-s", type=float, default=60.0, help="give up (no file) after this long")
     args = parser.parse_args()
 
     from medhash_app.ui.app import make_application
@@ -68,7 +72,20 @@ def main() -> int:
             QTimer.singleShot(4000, save)
 
         tab.searchFinished.connect(finished)
-        window.state.changed.connect(lambda: window.state.session is not None and tab.query.load_file(args.query))
+        if args.archive:  # library open -> archive open -> the typed report searched in the archive
+            def open_archive() -> None:
+                if window.state.session is not None and tab.archive_bar.client is None and pending:
+                    tab.open_archive(args.archive, None)
+
+            def type_report(_info: object) -> None:
+                if pending:
+                    tab.query.report_edit.setPlainText(pending.pop())
+                    tab.query.text_button.click()
+
+            window.state.changed.connect(open_archive)
+            tab.archive_bar.opened.connect(type_report)
+        else:
+            window.state.changed.connect(lambda: window.state.session is not None and tab.query.load_file(args.query))
         window.open_library(args.library)
     elif args.shot == "light-live":  # start in the dark theme, switch to light while running
         QTimer.singleShot(800, lambda: window.set_theme("light"))
@@ -93,7 +110,7 @@ def main() -> int:
         else:
             browser.pageShown.connect(lambda _page: QTimer.singleShot(4000, save))
         window.open_library(args.library)
-    QTimer.singleShot(60_000, app.quit)
+    QTimer.singleShot(int(args.timeout_s * 1000), app.quit)
     return int(app.exec())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
@@ -12,6 +13,9 @@ import psycopg
 from medhash_app.core.archive.connection import ArchiveError
 from medhash_app.core.archive.models import find_model
 from medhash_app.core.library import Library
+
+if TYPE_CHECKING:
+    from medhash_app.core.encoder.service import EncoderService
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,9 @@ def parse_code(text: str, bits: int) -> np.ndarray:
 
 def encode_query(conn: psycopg.Connection, library: Library, *, model_id: int | None, image: Path | None,
                  text: str | None, code: str | None, code_kind: str, bits: int | None,
-                 device: str = "auto") -> ArchiveQuery:
-    """Encode with the library's active (or chosen) model, which must be published to the archive."""
+                 device: str = "auto", encoder: EncoderService | None = None) -> ArchiveQuery:
+    """Encode with the library's active (or chosen) model, which must be published to the archive
+    (`encoder`: that model's already loaded encoder, as the desktop keeps one; else one is loaded)."""
     model = library.get_model(model_id) if model_id is not None else library.active_model()
     if model is None:
         raise ArchiveError(str(library.folder), "no such model" if model_id is not None else "no active model")
@@ -61,9 +66,10 @@ def encode_query(conn: psycopg.Connection, library: Library, *, model_id: int | 
         raise ArchiveError("query", "give exactly one of --image FILE, --text TEXT or --code HEX")
     if code is not None:
         return ArchiveQuery(archive_id, code_kind, use, parse_code(code, use))
-    from medhash_app.core.encoder.service import EncoderService  # torch: only when a query needs encoding
+    if encoder is None:
+        from medhash_app.core.encoder.service import EncoderService  # torch: only when a query needs encoding
 
-    encoder = EncoderService(model["checkpoint_path"], device=device)
+        encoder = EncoderService(model["checkpoint_path"], device=device)
     if image is not None:
         batch, kind = encoder.encode_files([image], embeddings=False), "image"
     else:

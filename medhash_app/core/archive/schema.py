@@ -198,6 +198,8 @@ def create_hnsw_index(conn: psycopg.Connection, model_id: int, modality: str, bi
     if modality not in ("image", "text") or bits <= 0 or bits % 8:
         raise ArchiveError("index", f"no such code set: {modality} {bits} bits")
     name = hnsw_index_name(model_id, modality, bits)
+    if conn.execute("SELECT to_regclass(%s)", [f"medhash.codes_m{int(model_id)}"]).fetchone()[0] is None:
+        raise ArchiveError(f"model {int(model_id)}", "no such model in this archive (see `medhash archive status`)")
     conn.execute(sql.SQL(
         "CREATE INDEX IF NOT EXISTS {name} ON medhash.{part} USING hnsw ((code::bit({bits})) bit_hamming_ops) "
         "WITH (m = {m}, ef_construction = {ef}) WHERE modality = {modality} AND bits = {bits}").format(

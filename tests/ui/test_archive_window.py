@@ -1,0 +1,146 @@
+"""The window searches a shared archive (real PostgreSQL + pgvector, tests/archive_server.py): the rows
+shown are the CLI's `medhash archive search` hits (ids, distances, order) for the same typed report
+and filter, the source (server, then the workstation's mirror) is shown, and a dead or unsuitable
+server is one readable line in the window, never a crash."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from medhash_app.cli import app
+from medhash_app.core.archive import connect, init_archive, publish_library
+from medhash_app.core.library import Library
+from medhash_app.ui.results_model import COL, ThumbRole
+from tests.archive_server import fresh_archive_url, server_or_skip
+
+REPORT = "Small left pleural effusion. Heart size normal."
+
+
+@pytest.fixture
+def library_copy(tiny_library: Path, tmp_path: Path) -> Path:
+    """The trained tiny library, copied: the window writes caches into the library it opens."""
+    return Path(shutil.copytree(tiny_library, tmp_path / "library"))
+
+
+def _published_archive(library: Path) -> str:
+    url = fresh_archive_url()
+    with connect(url, autocommit=True) as conn:
+        init_archive(conn)
+    with Library.open(library, read_only=True) as lib:
+        publish_library(lib, url, batch=50)
+    return url
+
+
+def _cli_hits(library: Path, url: str, *extra: str) -> list[tuple[int, int]]:
+    result = CliRunner().invoke(app, ["archive", "search", "--library", str(library), "--archive", url, "--text",
+                                      REPORT, "-k", "15", "--device", "cpu", "--json", *extra])
+    assert result.exit_code == 0, result.output
+    return [(h["case_id"], h["distance"]) for h in json.loads(result.stdout)["hits"]]
+
+
+def _shown(tab) -> list[tuple[int, int]]:
+    rows = [tab.model.hit(r) for r in range(tab.model.rowCount())]
+    return [(h.case["id"], h.distance) for h in rows]
+
+
+def _search(qtbot, tab):
+    with qtbot.waitSignal(tab.searchFinished, timeout=60_000) as blocker:
+        tab.search()
+    return blocker.args[0]
+
+
+def test_window_shows_the_archive_search_of_the_cli(qtbot, window, open_library, library_copy: Path,
+                                                     tmp_path: Path) -> None:
+    url = _published_archive(library_copy)
+    open_library(window, library_copy)
+    tab = window.search_tab
+    with qtbot.waitSignal(tab.archive_bar.opened, timeout=30_000) as opened:
+        tab.open_archive(url, tmp_path / "mirror")
+    assert opened.args[0].cases == 120 and opened.args[0].model_id is not None
+    assert tab.archive_bar.isVisible() and "120 cases" in tab.archive_bar.name_label.text()
+    tab.query.set_mode("text")
+    tab.query.report_edit.setPlainText(REPORT)
+    tab.filters.set_target("images")
+    tab.filters.k.setValue(15)
+    tab.filters.keyword.setText("effusion")  # a filter: applied in SQL on the server
+    tab.filters._debounce.stop()
+
+    _search(qtbot, tab)
+    want = _cli_hits(library_copy, url, "--target", "images", "--keyword", "effusion")
+    assert len(want) == 15 and _shown(tab) == want
+    assert "archive server (filtered" in tab.archive_bar.answered_label.text()
+    assert "archive, answered by the archive server" in tab.summary.text()
+    qtbot.waitUntil(lambda: tab.model.data(tab.model.index(0, COL["image"]), ThumbRole) is not None,
+                    timeout=10_000)  # the archive's published thumbnail, read on the loader thread
+
+    tab.filters.keyword.setText("")
+    tab.filters._debounce.stop()
+    _search(qtbot, tab)
+    want = _cli_hits(library_copy, url, "--target", "images")
+    assert _shown(tab) == want
+    assert "mirror is stale or absent" in tab.archive_bar.answered_label.text()
+
+    with qtbot.waitSignal(tab.archive_bar.refresh_mirror().finished, timeout=30_000):
+        pass
+    _search(qtbot, tab)
+    assert _shown(tab) == want  # the mirror ranks as the server does, ties included
+    assert tab.archive_bar.answered_label.text() == "Answered by this workstation's mirror"
+    assert "Answered by this workstation's mirror" not in window.search_time.text()
+    assert "answered by this workstation's mirror" in window.search_time.text()
+
+    tab.archive_bar.close_button.click()  # back to the local library
+    assert not tab.archive_bar.isVisible() and tab.archive_bar.client is None
+    local = _search(qtbot, tab)
+    assert "archive" not in tab.summary.text() and local.hits
+
+
+def test_dead_or_unsuitable_archives_are_one_line_in_the_window(qtbot, window, open_library, library_copy: Path,
+                                                                 tmp_path: Path) -> None:
+    socket = server_or_skip()
+    open_library(window, library_copy)
+    tab = window.search_tab
+    with qtbot.waitSignal(tab.archive_bar.failed, timeout=30_000) as failed:
+        tab.open_archive(f"postgresql://postgres@/archive?host={tmp_path / 'no-server-here'}", None)
+    text = tab.message.text()
+    assert "cannot connect" in text and "Traceback" not in text and not tab.archive_bar.isVisible()
+    assert "cannot connect" in window.search_time.text()
+    assert type(failed.args[0]).__name__ == "ArchiveError"
+
+    with qtbot.waitSignal(tab.archive_bar.failed, timeout=5_000):
+        tab.open_archive("postgresql://ward3:secret@archive.hospital.local/medhash", None)
+    assert "pgpass" in tab.message.text() and "secret" not in tab.message.text()
+    assert window.settings.last_archive() == ""  # nothing with a password was remembered
+
+    empty = fresh_archive_url()  # an archive this library's model was never published to
+    with connect(empty, autocommit=True) as conn:
+        init_archive(conn)
+    with qtbot.waitSignal(tab.archive_bar.opened, timeout=30_000):
+        tab.open_archive(empty, None)
+    assert "never published" in tab.message.text()
+    tab.query.set_mode("text")
+    tab.query.report_edit.setPlainText(REPORT)
+    with qtbot.waitSignal(tab.searchFailed, timeout=60_000):
+        tab.search()
+    assert "never published" in tab.message.text() and tab.model.rowCount() == 0
+
+    url = _published_archive(library_copy)  # the server drops the window's connection mid-session
+    with qtbot.waitSignal(tab.archive_bar.opened, timeout=30_000):
+        tab.open_archive(url, None)
+    _search(qtbot, tab)
+    with psycopg.connect(f"postgresql://postgres@/postgres?host={socket}", autocommit=True) as admin:
+        killed = admin.execute("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE application_name = 'medhash' AND datname = %s) t",
+                               [url.split("/")[3].split("?")[0]]).fetchone()[0]
+    assert killed >= 1
+    with qtbot.waitSignal(tab.searchFailed, timeout=60_000):
+        tab.search()
+    assert "stopped answering" in tab.message.text() and "Traceback" not in tab.message.text()
+    assert "Archive search failed" in window.search_time.text()
+    result = _search(qtbot, tab)  # the next search connects again
+    assert result.hits and window.settings.last_archive() == url
