@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +121,7 @@ def _out_dir(session: Any, req: TrainRequest) -> Path:
 def train_on_library(session: Any, req: TrainRequest, *, progress: Callable[[dict], None] | None = None,
                      cancel: threading.Event | None = None) -> TrainOutcome | None:
     """The whole training job; `progress` receives the engine's events (trainer/engine.py), then
-    {"event": "encode", "model_id"} and {"event": "encode", "model_id", "done", "total"} while the
+    {"event": "encode", "model_id"} and {"event": "encode", "model_id", "done", "total", "eta_s"} while the
     library is encoded, {"event": "evaluate", "model_id"} and the final {"event": "done", ...}.
 
     Under torchrun every process trains; only the main one (rank 0) registers, encodes and
@@ -149,8 +150,7 @@ def train_on_library(session: Any, req: TrainRequest, *, progress: Callable[[dic
     (checkpoint / SPLITS_FILE).write_bytes((out_dir / SPLITS_FILE).read_bytes())
     model_id = session.register_checkpoint(checkpoint, activate=req.activate, name=out_dir.name)
     _emit(progress, {"event": "encode", "model_id": model_id})
-    session.encode_library(model_id, cancel=cancel, progress=lambda done, total: _emit(
-        progress, {"event": "encode", "model_id": model_id, "done": done, "total": total}))
+    session.encode_library(model_id, cancel=cancel, progress=_encode_events(progress, model_id))
     _emit(progress, {"event": "evaluate", "model_id": model_id})
     report = evaluate_model(session, model_id)
     session.library.set_model_metrics(model_id, report["metrics"])
@@ -162,6 +162,19 @@ def train_on_library(session: Any, req: TrainRequest, *, progress: Callable[[dic
 def _emit(progress: Callable[[dict], None] | None, event: dict) -> None:
     if progress is not None:
         progress(event)
+
+
+def _encode_events(progress: Callable[[dict], None] | None, model_id: int) -> Callable[[int, int], None]:
+    """Encode progress as events with an ETA from this encode's own pace (the window's trainer tab
+    shows `eta_s`; without it the training's last estimate stood still through the encode)."""
+    started = time.monotonic()
+
+    def on_progress(done: int, total: int) -> None:
+        elapsed = time.monotonic() - started
+        eta = round(elapsed / done * (total - done), 1) if done else None
+        _emit(progress, {"event": "encode", "model_id": model_id, "done": done, "total": total, "eta_s": eta})
+
+    return on_progress
 
 
 def _multi_hot(cases: list[dict], names: list[str]) -> np.ndarray:

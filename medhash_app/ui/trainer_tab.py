@@ -425,6 +425,8 @@ class TrainerTab(QWidget):
         elif kind == "epoch":
             self._on_epoch(event)
         elif kind == "encode":
+            if not isinstance(event.get("eta_s"), (int, float)):  # not the training's last estimate
+                self.eta_label.setText("")
             counts = (f": {event['done']:,} of {event['total']:,} cases"
                       if isinstance(event.get("done"), int) and isinstance(event.get("total"), int) else "")
             self.status_label.setText(f"Encoding the library with the new model{counts}…")

@@ -123,6 +123,20 @@ class BaseHashing(HashingModel):
     def embed_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> Tensor:
         return F.normalize(self.encode_text(tokens, stem=stem)[max(self.bits)], dim=-1)
 
+    def encode_embed_image(self, images: Tensor, meta: Sequence[dict[str, Any] | None] | None = None, *,
+                           stem: Tensor | None = None) -> tuple[dict[int, Tensor], Tensor]:
+        if type(self).embed_image is not BaseHashing.embed_image:  # a subclass with its own embedding
+            return super().encode_embed_image(images, meta, stem=stem)
+        codes = self.encode_image(images, meta, stem=stem)
+        return codes, F.normalize(codes[max(self.bits)], dim=-1)
+
+    def encode_embed_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None
+                          ) -> tuple[dict[int, Tensor], Tensor]:
+        if type(self).embed_text is not BaseHashing.embed_text:
+            return super().encode_embed_text(tokens, stem=stem)
+        codes = self.encode_text(tokens, stem=stem)
+        return codes, F.normalize(codes[max(self.bits)], dim=-1)
+
     # ---- training ------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch, train_cfg: TrainConfig, *, epoch: int) -> dict[str, Tensor]:
         cfg, w = self.cfg, method_loss_weights(self.cfg, DEFAULT_LOSS_WEIGHTS)

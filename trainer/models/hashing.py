@@ -93,6 +93,16 @@ class HashingModel(nn.Module, ABC):
     def embed_text(self, tokens: dict[str, Tensor]) -> Tensor:
         """L2-normalised continuous text embedding (B, D), same space as embed_image."""
 
+    def encode_embed_image(self, images: Tensor, meta: Sequence[dict[str, Any] | None] | None = None,
+                           **stem: Any) -> tuple[dict[int, Tensor], Tensor]:
+        """(codes, embedding) of the same images: what storing a case needs. Methods override it to
+        run the tower once (both come from one forward); this default runs it twice."""
+        return self.encode_image(images, meta, **stem), self.embed_image(images, meta, **stem)
+
+    def encode_embed_text(self, tokens: dict[str, Tensor], **stem: Any) -> tuple[dict[int, Tensor], Tensor]:
+        """(codes, embedding) of the same texts; one tower pass where the method overrides it."""
+        return self.encode_text(tokens, **stem), self.embed_text(tokens, **stem)
+
     @abstractmethod
     def loss_terms(self, batch: Batch, train_cfg: TrainConfig, *, epoch: int) -> dict[str, Tensor]:
         """Weighted scalar loss terms for one batch; the engine sums them and reports each by name."""

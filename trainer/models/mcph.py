@@ -377,6 +377,16 @@ class MCPH(BaseHashing):
     def embed_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None) -> Tensor:
         return F.normalize(self._text_side(tokens, None, None, stem).aligned, dim=-1)
 
+    def encode_embed_image(self, images: Tensor, meta: Sequence[dict | None] | None = None, *,
+                           stem: Tensor | None = None) -> tuple[dict[int, Tensor], Tensor]:
+        side = self._image_forward(images, meta, stem)
+        return side.codes, F.normalize(side.aligned, dim=-1)
+
+    def encode_embed_text(self, tokens: dict[str, Tensor], *, stem: TextStem | None = None
+                          ) -> tuple[dict[int, Tensor], Tensor]:
+        side = self._text_side(tokens, None, None, stem)
+        return side.codes, F.normalize(side.aligned, dim=-1)
+
     # ---- training -------------------------------------------------------------------------------------
     def param_groups(self, train_cfg: TrainConfig) -> list[dict[str, Any]]:
         """AdamW groups (engine hook): the built-in captioner, a probe on detached features, learns at

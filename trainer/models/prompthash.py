@@ -222,6 +222,18 @@ class PromptHash(HashingModel):
     def embed_text(self, tokens: dict[str, Tensor], *, stem: tuple[Tensor, Tensor] | None = None) -> Tensor:
         return F.normalize(self._text(tokens, self._prompts(), stem)["fused"], dim=-1)
 
+    def encode_embed_image(self, images: Tensor, meta: Any = None, *, stem: Tensor | None = None
+                           ) -> tuple[dict[int, Tensor], Tensor]:
+        prompts = self._prompts()
+        paired = self._paired(meta, images.shape[0], images.device, prompts)
+        fused = self._image(images, prompts, stem, paired)["fused"]
+        return self.image_hash(fused), F.normalize(fused, dim=-1)
+
+    def encode_embed_text(self, tokens: dict[str, Tensor], *, stem: tuple[Tensor, Tensor] | None = None
+                          ) -> tuple[dict[int, Tensor], Tensor]:
+        fused = self._text(tokens, self._prompts(), stem)["fused"]
+        return self.text_hash(fused), F.normalize(fused, dim=-1)
+
     def param_groups(self, train_cfg: TrainConfig) -> list[dict[str, Any]]:
         return param_groups(self, self.backbone, train_cfg, float(self.opt["backbone_lr_scale"]))
 

@@ -245,6 +245,16 @@ class TriPAH(HashingModel):
     def embed_text(self, tokens: dict[str, Tensor]) -> Tensor:
         return F.normalize(self._text(tokens)["fused"], dim=-1)
 
+    def encode_embed_image(self, images: Tensor, meta: Meta = None, *, stem: Tensor | None = None
+                           ) -> tuple[dict[int, Tensor], Tensor]:
+        paired = self._paired(meta, images.shape[0], images.device)
+        fused = self._image(images, meta, stem, paired)["fused"]
+        return self.image_hash(fused), F.normalize(fused, dim=-1)
+
+    def encode_embed_text(self, tokens: dict[str, Tensor]) -> tuple[dict[int, Tensor], Tensor]:
+        fused = self._text(tokens)["fused"]
+        return self.text_hash(fused), F.normalize(fused, dim=-1)
+
     def param_groups(self, train_cfg: TrainConfig) -> list[dict[str, Any]]:
         """Backbone at lr * backbone_lr_scale (paper: 1e-5 vs 1e-4), heads at lr; see views.param_groups."""
         return param_groups(self, self.backbone, train_cfg, float(self.opt["backbone_lr_scale"]))

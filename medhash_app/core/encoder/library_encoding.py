@@ -8,14 +8,23 @@ caption, core/captions.py) while its text codes stayed gets only its image re-en
 
 An image is encoded with its case's own side information: the allow-listed header facts and the
 image's caption (`extra["caption"]`), the same metadata training gives it (training.library_samples).
+
+Speed (issue 14, benchmarks/results/library_encode.md): the image tower runs once per image (codes and
+embedding from one forward), a report text repeated across cases (ODIR-5K: 98 distinct texts in 3,106
+cases) is encoded once per run, the next batch's images are read and preprocessed while the tower
+runs, and progress is reported after every encoder batch (throttled), so the bar moves at the
+tower's pace.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 from PIL import Image
 
 from medhash_app.core.encoder.service import EncodedBatch, EncoderService, image_meta
@@ -24,6 +33,7 @@ from medhash_app.core.errors import CorruptFileError
 from medhash_app.core.library import Library
 
 Progress = Callable[[int, int], None]
+PROGRESS_INTERVAL_S = 0.25  # at most this often between two progress reports (first and last at once)
 
 
 def _missing_case_ids(library: Library, model_id: int, bits: int) -> list[str]:
@@ -55,35 +65,86 @@ def _store(library: Library, model_id: int, modality: str, case_ids: list[str], 
         library.put_codes(model_id, modality, bits, case_ids, enc.codes[bits], embeddings=enc.embeddings)
 
 
-def encode_library(library: Library, model_id: int, encoder: EncoderService, *, batch_size: int = 64,
+class _ReportCodes:
+    """Each distinct report text encoded once per run: a code depends on the text alone, and
+    templated reports repeat ("normal fundus" is 1,429 of ODIR-5K's 3,106). Bounded, so a library
+    of unique reports does not keep them all."""
+
+    MAX_KEPT = 20_000
+
+    def __init__(self, encoder: EncoderService) -> None:
+        self.encoder = encoder
+        self.rows: dict[str, tuple[dict[int, np.ndarray], np.ndarray]] = {}
+
+    def encode(self, texts: list[str]) -> EncodedBatch:
+        new = list(dict.fromkeys(t for t in texts if t not in self.rows))
+        if new:
+            if len(self.rows) + len(new) > self.MAX_KEPT:
+                self.rows.clear()
+            enc = self.encoder.encode_texts(new)
+            for i, text in enumerate(new):
+                self.rows[text] = ({b: c[i] for b, c in enc.codes.items()}, enc.embeddings[i])
+        rows = [self.rows[t] for t in texts]
+        return EncodedBatch({b: np.stack([r[0][b] for r in rows]) for b in rows[0][0]},
+                            np.stack([r[1] for r in rows]))
+
+
+class _Reporter:
+    """(done, total) to `progress`: the first and last at once, the rest at most every PROGRESS_INTERVAL_S
+    (a GPU encodes a batch in milliseconds; the window's trainer tab reads each report as a JSON line)."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.last = progress, total, float("-inf")
+
+    def __call__(self, done: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.progress is not None and (force or done >= self.total or now - self.last >= PROGRESS_INTERVAL_S):
+            self.last = now
+            self.progress(done, self.total)
+
+
+def _read_prepared(library: Library, encoder: EncoderService, cases: list[dict]) -> list[torch.Tensor]:
+    return encoder.prepare(_load_inputs(library, cases))
+
+
+def encode_library(library: Library, model_id: int, encoder: EncoderService, *, batch_size: int | None = None,
                    progress: Progress | None = None, cancel: threading.Event | None = None) -> int:
     """Encode the images (and the reports not yet encoded) of every case without an image code;
-    returns how many cases were encoded."""
+    returns how many cases were encoded. `batch_size`: cases per step (default: the encoder's
+    batch, so progress moves with every tower batch). The next batch's images are read and
+    preprocessed in a second thread while the tower runs (PIL and torch release the GIL)."""
     bits = max(encoder.bits)
+    batch_size = batch_size or encoder.batch_size
     todo = _missing_case_ids(library, model_id, bits)
     have_text = set(library.get_codes(model_id, "text", bits)[0].tolist()) if todo else set()
-    done = 0
-    if progress is not None and todo:  # the total is known before the first (slow) batch
-        progress(0, len(todo))
+    done, report, reports = 0, _Reporter(progress, len(todo)), _ReportCodes(encoder)
+    if todo:  # the total is known before the first (slow) batch
+        report(0, force=True)
+    steps = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     feature_ids: list[str] = []
     features: list[np.ndarray] = []
     try:
-        for start in range(0, len(todo), batch_size):
-            if cancel is not None and cancel.is_set():
-                break
-            cases = library.get_cases(todo[start:start + batch_size])
-            texts = [c for c in cases if c["id"] not in have_text and c.get("report") and c["report"].strip()]
-            if texts:
-                _store(library, model_id, "text", [c["id"] for c in texts],
-                       encoder.encode_texts([c["report"] for c in texts]))
-            images = encoder.encode_pil(_load_inputs(library, cases), meta=[case_image_meta(c) for c in cases])
-            _store(library, model_id, "image", [c["id"] for c in cases], images)
-            if images.features is not None:  # kept for the out-of-domain image check (search/feature_ood.py)
-                feature_ids += [c["id"] for c in cases]
-                features.append(images.features)
-            done += len(cases)
-            if progress is not None:
-                progress(done, len(todo))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medhash-encode-read") as reader:
+            upcoming = library.get_cases(steps[0]) if steps else []
+            pending = reader.submit(_read_prepared, library, encoder, upcoming) if steps else None
+            for step in range(len(steps)):
+                if cancel is not None and cancel.is_set():
+                    break
+                cases, inputs = upcoming, pending.result()
+                if step + 1 < len(steps):
+                    upcoming = library.get_cases(steps[step + 1])
+                    pending = reader.submit(_read_prepared, library, encoder, upcoming)
+                texts = [c for c in cases if c["id"] not in have_text and c.get("report") and c["report"].strip()]
+                if texts:
+                    _store(library, model_id, "text", [c["id"] for c in texts],
+                           reports.encode([c["report"] for c in texts]))
+                images = encoder.encode_prepared(inputs, meta=[case_image_meta(c) for c in cases])
+                _store(library, model_id, "image", [c["id"] for c in cases], images)
+                if images.features is not None:  # kept for the out-of-domain image check (search/feature_ood.py)
+                    feature_ids += [c["id"] for c in cases]
+                    features.append(images.features)
+                done += len(cases)
+                report(done)
     finally:
         if features:
             save_features(library.folder, model_id, checkpoint_identity(encoder.checkpoint_dir), feature_ids,

@@ -86,22 +86,34 @@ class EncoderService:
         n = next(iter(codes.values())).shape[0]
         return EncodedBatch(packed, emb.float().cpu().numpy() if emb is not None else np.zeros((n, 0), np.float32))
 
-    @torch.inference_mode()
+    def prepare(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """Model images -> input tensors, one per encoder batch: the CPU work before the tower, which
+        library encoding does in a second thread while the tower runs on the batch before."""
+        pre = [self.model.backbone.preprocess(im) for im in images]
+        return [torch.stack(pre[i:i + self.batch_size]) for i in range(0, len(pre), self.batch_size)]
+
     def encode_pil(self, images: Sequence[Image.Image], meta: Sequence[dict] | None = None, *,
                    embeddings: bool = True) -> EncodedBatch:
         """Encode model images (the output of `imaging.model_image`) with their own metadata.
 
-        `embeddings=False` skips the continuous embedding (a second tower pass), which only
-        re-ranking needs."""
+        `embeddings=False` skips the continuous embedding, which only re-ranking needs."""
+        return self.encode_prepared(self.prepare(images), meta, embeddings=embeddings)
+
+    @torch.inference_mode()
+    def encode_prepared(self, batches: Sequence[torch.Tensor], meta: Sequence[dict] | None = None, *,
+                        embeddings: bool = True) -> EncodedBatch:
+        """Encode the tensors of `prepare` (meta: one dict per image, in order)."""
         parts: list[EncodedBatch] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            chunk_meta = list(meta[start:start + self.batch_size]) if meta is not None else None
-            x = torch.stack([self.model.backbone.preprocess(im) for im in chunk]).to(self.device)
-            with capture(self._stem) as stems:  # the same forward, no second pass
-                emb = self.model.embed_image(x, meta=chunk_meta) if embeddings else None
-                part = self._finish(self.model.encode_image(x, meta=chunk_meta), emb)
-            part.features = stems[0].numpy() if stems and len(stems[0]) == len(chunk) else None
+        start = 0
+        for x in batches:
+            chunk_meta = list(meta[start:start + len(x)]) if meta is not None else None
+            start += len(x)
+            with capture(self._stem) as stems:  # the stem features come from the same forward
+                if embeddings:  # codes and embedding from one tower pass (two cost twice the time)
+                    part = self._finish(*self.model.encode_embed_image(x.to(self.device), meta=chunk_meta))
+                else:
+                    part = self._finish(self.model.encode_image(x.to(self.device), meta=chunk_meta), None)
+            part.features = stems[0].numpy() if stems and len(stems[0]) == len(x) else None
             parts.append(part)
         return _concat(parts, self.bits)
 
@@ -122,8 +134,8 @@ class EncoderService:
         for start in range(0, len(cleaned), self.batch_size):
             tokens = self.model.backbone.tokenize(cleaned[start:start + self.batch_size])
             tokens = _to_device(tokens, self.device)
-            emb = self.model.embed_text(tokens) if embeddings else None
-            parts.append(self._finish(self.model.encode_text(tokens), emb))
+            parts.append(self._finish(*self.model.encode_embed_text(tokens)) if embeddings
+                         else self._finish(self.model.encode_text(tokens), None))
         return _concat(parts, self.bits)
 
 
