@@ -208,3 +208,18 @@ def test_install_script_refuses_a_folder_without_the_program(tmp_path: Path) -> 
     ("Apache Software License / GNU General Public License v2 (GPLv2)", False), ("MIT", False)])
 def test_gpl_only(licence: str, gpl: bool) -> None:
     assert bundle_rules.gpl_only(licence) is gpl
+
+
+def test_openjp2_runtime_hook_prefers_the_bundled_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """glymur asks ctypes.util.find_library('openjp2'); in a bundle the hook answers with the bundled file."""
+    import ctypes.util
+    import runpy
+
+    system_find = ctypes.util.find_library
+    monkeypatch.setattr(ctypes.util, "find_library", system_find)  # undone after the test
+    monkeypatch.setattr(sys, "_MEIPASS", str(tmp_path), raising=False)
+    runpy.run_path(str(PACKAGING / "rthook_openjp2.py"))
+    assert ctypes.util.find_library("openjp2") == system_find("openjp2")  # nothing bundled: the system's
+    (tmp_path / "libopenjp2.so.7").write_bytes(b"")
+    assert ctypes.util.find_library("openjp2") == str(tmp_path / "libopenjp2.so.7")
+    assert ctypes.util.find_library("c") == system_find("c")
