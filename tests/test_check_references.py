@@ -146,3 +146,21 @@ def test_vectorizers_round_trip_through_plain_arrays_exactly(tiny_library: Path)
     assert (ref.matrix != back.matrix).nnz == 0 and back.threshold == ref.threshold
     assert [back.score(t) for t in texts] == [ref.score(t) for t in texts]
     assert [back.domain_of(t) for t in texts] == [ref.domain_of(t) for t in texts]
+
+
+def test_encoding_the_library_builds_them_so_its_next_opening_builds_nothing(library: Path,
+                                                                             builds: dict[str, int]) -> None:
+    with MedHashSession(library, device="cpu") as session:
+        session.encode_library()  # the active model; every case is already encoded, the checks are not
+    names = sorted(p.name for p in (library / "indexes").glob("*.ref.npz"))
+    assert LEX in names and "image-stats.ref.npz" in names and _feature_file(library).name in names
+    assert builds == {"words": 1, "features": 1}
+    _answers(library)  # a later session: the saved references answer
+    assert builds == {"words": 1, "features": 1}
+
+
+def test_a_grid_run_encoding_leaves_the_checks_to_the_search(library: Path, builds: dict[str, int]) -> None:
+    with MedHashSession(library, device="cpu") as session:
+        session.encode_library(prepare_checks=False)
+    assert not list((library / "indexes").glob("*.ref.npz"))
+    assert builds == {"words": 0, "features": 0}

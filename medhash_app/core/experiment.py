@@ -82,5 +82,5 @@ def register_run(session: Any, out: str | Path, run_name: str, *, activate: bool
     if not (checkpoint / "splits.json").is_file():
         raise ModelError(checkpoint, "not a finished experiment run (no best/ checkpoint with its splits)")
     model_id = session.register_checkpoint(checkpoint, activate=activate, name=f"experiment {run_name}")
-    session.encode_library(model_id)
+    session.encode_library(model_id, prepare_checks=False)  # a grid run's model: searched by evaluation only
     return model_id
