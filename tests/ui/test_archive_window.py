@@ -68,12 +68,14 @@ def test_window_shows_the_archive_search_of_the_cli(qtbot, window, open_library,
     tab.query.report_edit.setPlainText(REPORT)
     tab.filters.set_target("images")
     tab.filters.k.setValue(15)
-    tab.filters.keyword.setText("effusion")  # a filter: applied in SQL on the server
+    tab.filters.keyword.setText("consolidation")  # a filter: applied in SQL on the server
     tab.filters._debounce.stop()
 
     _search(qtbot, tab)
-    want = _cli_hits(library_copy, url, "--target", "images", "--keyword", "effusion")
-    assert len(want) == 15 and _shown(tab) == want
+    want = _cli_hits(library_copy, url, "--target", "images", "--keyword", "consolidation")
+    assert want and _shown(tab) == want
+    assert all("consolidation" in tab.model.hit(r).case["report"].lower() for r in range(tab.model.rowCount()))
+    filtered = want
     assert "archive server (filtered" in tab.archive_bar.answered_label.text()
     assert "archive, answered by the archive server" in tab.summary.text()
     qtbot.waitUntil(lambda: tab.model.data(tab.model.index(0, COL["image"]), ThumbRole) is not None,
@@ -83,7 +85,7 @@ def test_window_shows_the_archive_search_of_the_cli(qtbot, window, open_library,
     tab.filters._debounce.stop()
     _search(qtbot, tab)
     want = _cli_hits(library_copy, url, "--target", "images")
-    assert _shown(tab) == want
+    assert len(want) == 15 and _shown(tab) == want != filtered
     assert "mirror is stale or absent" in tab.archive_bar.answered_label.text()
 
     with qtbot.waitSignal(tab.archive_bar.refresh_mirror().finished, timeout=30_000):
@@ -93,6 +95,21 @@ def test_window_shows_the_archive_search_of_the_cli(qtbot, window, open_library,
     assert tab.archive_bar.answered_label.text() == "Answered by this workstation's mirror"
     assert "Answered by this workstation's mirror" not in window.search_time.text()
     assert "answered by this workstation's mirror" in window.search_time.text()
+
+    model_id = opened.args[0].model_id  # HNSW: built and measured by the CLI, then shown and used by the window
+    assert "recall not measured" in tab.archive_bar.recall_label.text()
+    built = CliRunner().invoke(app, ["archive", "index", "--archive", url, "--model", str(model_id), "--bits", "32",
+                                     "--modality", "image", "--queries", "20", "--json"])
+    assert built.exit_code == 0, built.output
+    measured = {r["ef_search"]: r["recall"] for r in json.loads(built.stdout)["recall"]}
+    with qtbot.waitSignal(tab.archive_bar.opened, timeout=30_000):
+        tab.open_archive(url, tmp_path / "mirror")
+    _search(qtbot, tab)
+    assert f"images {measured[200]:.2f} (ef 200, 32 bits)" in tab.archive_bar.recall_label.text()
+    with qtbot.waitSignal(tab.searchFinished, timeout=60_000):
+        tab.archive_bar.approximate.setChecked(True)  # re-searches, as a filter change does
+    assert tab.archive_bar.answered_label.text() == "Answered by the archive server · HNSW"
+    assert _shown(tab) == _cli_hits(library_copy, url, "--target", "images", "--approximate", "--ef-search", "200")
 
     tab.archive_bar.close_button.click()  # back to the local library
     assert not tab.archive_bar.isVisible() and tab.archive_bar.client is None
