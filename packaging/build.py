@@ -54,7 +54,7 @@ def run_pyinstaller(args: argparse.Namespace) -> Path:
 
 
 def write_bundle_manifest(bundle: Path, work: Path, flavor: str, gpl: bool, seconds: float) -> dict:
-    found = json.loads((work / "bundled_names.json").read_text())
+    found = json.loads((work / "medhash" / "bundled_names.json").read_text())  # the spec's workpath: WORK/medhash
     dists = bundle_rules.bundled_distributions(set(found["names"]))
     system = system_libraries(found["system_libraries"], bundle)
     data = bundle_rules.manifest(dists, flavor, gpl, {"build_seconds": round(seconds),
