@@ -217,7 +217,8 @@ def hnsw_build_probe(conn: psycopg.Connection, url: str, model: int, n: int,
         with connect(url, autocommit=True) as watcher:
             while not done.wait(10.0):
                 row = watcher.execute("SELECT tuples_done FROM pg_stat_progress_create_index").fetchone()
-                samples.append((time.perf_counter() - t0, int(row[0]) if row else 0))
+                if row:  # no row once the build is cancelled: a 0 there spoilt the 10 M / 8GB probe
+                    samples.append((time.perf_counter() - t0, int(row[0])))
 
     t0 = time.perf_counter()
     thread = threading.Thread(target=poll, daemon=True)
