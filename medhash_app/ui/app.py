@@ -58,6 +58,7 @@ class ExceptionHook:
         self.last_error: BaseException | None = None
         self.dialog: QMessageBox | None = None
         self.previous = sys.excepthook
+        self.previous_threading = threading.excepthook
 
     def install(self) -> None:
         sys.excepthook = self
@@ -65,6 +66,7 @@ class ExceptionHook:
 
     def uninstall(self) -> None:
         sys.excepthook = self.previous
+        threading.excepthook = self.previous_threading
 
     def __call__(self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         if issubclass(exc_type, KeyboardInterrupt):
