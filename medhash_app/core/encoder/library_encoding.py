@@ -19,7 +19,6 @@ tower's pace.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +30,7 @@ from medhash_app.core.encoder.service import EncodedBatch, EncoderService, image
 from medhash_app.core.encoder.stem_features import checkpoint_identity, save_features
 from medhash_app.core.errors import CorruptFileError
 from medhash_app.core.library import Library
+from medhash_app.core.progress_gate import ProgressGate
 
 Progress = Callable[[int, int], None]
 PROGRESS_INTERVAL_S = 0.25  # at most this often between two progress reports (first and last at once)
@@ -94,12 +94,10 @@ class _Reporter:
     (a GPU encodes a batch in milliseconds; the window's trainer tab reads each report as a JSON line)."""
 
     def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.last = progress, total, float("-inf")
+        self.progress, self.total, self.gate = progress, total, ProgressGate(PROGRESS_INTERVAL_S)
 
     def __call__(self, done: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.progress is not None and (force or done >= self.total or now - self.last >= PROGRESS_INTERVAL_S):
-            self.last = now
+        if self.progress is not None and self.gate.due(force or done >= self.total):
             self.progress(done, self.total)
 
 

@@ -29,6 +29,7 @@ from medhash_app.core.ingest.sources import iter_items
 from medhash_app.core.input_files import open_input
 from medhash_app.core.library import Library
 from medhash_app.core.library.files import sweep_temp_files
+from medhash_app.core.progress_gate import ProgressGate
 from medhash_app.core.pseudonym import Pseudonymizer
 
 ProgressCallback = Callable[[IngestProgress], None]
@@ -120,13 +121,12 @@ def outside_problem(item: IngestItem, named: Path, roots: Sequence[Path]) -> str
 class _Throttle:
     callback: ProgressCallback | None
     started: float = field(default_factory=time.monotonic)
-    last: float = 0.0
+    gate: ProgressGate = field(default_factory=lambda: ProgressGate(_MIN_EVENT_INTERVAL_S))
 
     def emit(self, report: IngestReport, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.callback is None or (not force and now - self.last < _MIN_EVENT_INTERVAL_S):
+        if self.callback is None or not self.gate.due(force):
             return
-        self.last = now
+        now = time.monotonic()
         done = report.added + report.skipped + len(report.failed) + report.repaired
         rate = done / max(now - self.started, 1e-6)
         self.callback(IngestProgress(done, report.total, report.added, report.skipped, len(report.failed), rate))
@@ -253,7 +253,7 @@ def ingest_items(items: Sequence[IngestItem], library: Library, *, domain: str |
                               "(a patient id or MRN only becomes the keyed patient key)")
     run, throttle = _Run(library, domain, report), _Throttle(progress)
     throttle.emit(report, force=True)  # "0 of N": the total is known before the first batch is done
-    throttle.last = 0.0  # ... and the first batch still reports at once
+    throttle.gate.last = float("-inf")  # ... and the first batch still reports at once
     run.log_file.write(None, "warning", list(finding))
     sweep_temp_files(library.folder)
     with (nullcontext(decoder) if decoder else Decoder(workers)) as pool, ThreadPoolExecutor(_HASH_THREADS) as hasher:
