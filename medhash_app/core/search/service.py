@@ -16,9 +16,10 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from medhash_app.core import image_stats
-from medhash_app.core.encoder.service import EncodedBatch, EncoderService
+from medhash_app.core.encoder.service import EncodedBatch, EncoderService, image_meta
 from medhash_app.core.errors import MedHashError, ModelError
 from medhash_app.core.image_stats import (
     PERCENTILE,
@@ -28,7 +29,7 @@ from medhash_app.core.image_stats import (
     file_features,
 )
 from medhash_app.core.image_stats import REFERENCE_MAX as STATS_REFERENCE_MAX
-from medhash_app.core.imaging import LoadedImage, load_image, model_image
+from medhash_app.core.imaging import load_image, model_image
 from medhash_app.core.imaging.j2k_reduced import would_reduce
 from medhash_app.core.index import BinaryIndexCache
 from medhash_app.core.ingest.decode import MODEL_SIZE
@@ -111,7 +112,7 @@ class SearchService:
         model = resolve_model(self.library, model_id)
         encoder = self.encoders.get(model)
         bits = self._bits(model, query.bits)
-        kind, encoded, findings, loaded = self._encode(encoder, query)
+        kind, encoded, findings, model_input = self._encode(encoder, query)
         t1 = time.perf_counter()
         targets = _targets(kind, query.target)
         self._require_codes(model, targets, bits)
@@ -124,12 +125,14 @@ class SearchService:
         hits = self._hits(ranked, bits, kind, query, encoded, model["id"], findings)
         by_codes, score, threshold = self._domain_check(model["id"], kind, bits, encoded.codes[bits][0])
         if kind == "image":  # codes alone miss most foreign images
-            verdicts = [by_codes, self._image_check(loaded), self._feature_check(model["id"], encoder, encoded.features)]
+            verdicts = [by_codes, self._image_check(model_input),
+                        self._feature_check(model["id"], encoder, encoded.features)]
         else:
             verdicts = self._report_verdicts(by_codes, query.text or "")
         ood, reason = combine(kind, verdicts)
-        for hit in hits:
-            ref = self._match_reference(model["id"], kind, hit.matched, bits)
+        match_refs = {m: self._match_reference(model["id"], kind, m, bits) for m in {h.matched for h in hits}}
+        for hit in hits:  # one reference per matched modality, not a lookup per row (k = 200 in the window)
+            ref = match_refs[hit.matched]
             hit.closer_than = None if ref is None else ref.closer_than(hit.distance)
         t2 = time.perf_counter()
         return SearchResult(hits=hits, bits=bits, model_id=model["id"], device=encoder.device,
@@ -219,14 +222,14 @@ class SearchService:
         ref = self._refs[key]
         return ref if isinstance(ref, StatsReference) else None
 
-    def _image_check(self, loaded: LoadedImage | None) -> Verdict:
+    def _image_check(self, model_input: Image.Image | None) -> Verdict:
         """Does the query image look like any library image (colour, grey level, field of view,
-        texture; core/image_stats.py)? None when the library has too few images to judge."""
+        texture; core/image_stats.py)? None when the library has too few images to judge. It reads
+        the same model input the encoder saw (computed once per query)."""
         ref = self._stats()
-        if ref is None or loaded is None:
+        if ref is None or model_input is None:
             return Verdict(None)
-        img = model_image(loaded, MODEL_SIZE)
-        score = ref.score(features(img))
+        score = ref.score(features(model_input))
         if score <= ref.threshold:
             return Verdict(False)
         return Verdict(True, f"Image statistics check: its colour, grey levels, field of view and texture are "
@@ -290,23 +293,27 @@ class SearchService:
 
     def _require_codes(self, model: dict, modalities: list[str], bits: int) -> None:
         """A model registered but not yet run over the library has nothing to rank: say what to do."""
-        if not any(self.library.count_codes(model["id"], m, bits) for m in modalities):
+        if not any(len(self.warm(model["id"], m, bits).ids) for m in modalities):  # in memory when warm
             kinds = " or ".join("report" if m == "text" else m for m in modalities)
             raise ModelError(f"model {model['id']}", f"has no codes yet ({kinds} codes, {bits} bits); compute "
                                                     f"them with `medhash encode --model {model['id']}`")
 
     @staticmethod
     def _encode(encoder: EncoderService,
-                query: SearchQuery) -> tuple[str, EncodedBatch, list[str], LoadedImage | None]:
-        """(kind, codes, findings, the decoded query image): the image is decoded once, here (or not at
-        all when the caller passes it decoded), for the encoder and the image-statistics check."""
+                query: SearchQuery) -> tuple[str, EncodedBatch, list[str], Image.Image | None]:
+        """(kind, codes, findings, the query's model input): the image is decoded once, here (or not at
+        all when the caller passes it decoded), and rendered to the model input once, for the encoder
+        and the image-statistics check."""
         if (query.image_path is None) == (query.text is None):
             raise MedHashError("query", "give either an image file or a report text")
         if query.image_path is not None:
             loaded = query.image  # the viewer's full decode serves unless this file decodes reduced
             if loaded is None or would_reduce(loaded, MODEL_SIZE):
                 loaded = load_image(query.image_path, frame=query.frame, min_side=MODEL_SIZE)
-            return "image", encoder.encode_loaded([loaded], embeddings=query.rerank), [], loaded
+            model_input = model_image(loaded, MODEL_SIZE)
+            encoded = encoder.encode_pil([model_input], meta=[image_meta(loaded.facts.to_dict())],
+                                         embeddings=query.rerank)
+            return "image", encoded, [], model_input
         encoded = encoder.encode_texts([query.text or ""], embeddings=query.rerank)
         domain = "fundus" if _looks_fundus(query.text or "") else "chest"
         return "text", encoded, labels_from_report(query.text or "", domain), None
