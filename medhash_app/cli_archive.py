@@ -4,6 +4,7 @@ name or a postgresql:// URL without a password (passwords live in ~/.pgpass or a
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -69,7 +70,10 @@ def publish_cmd(library: LibraryOpt, archive: ArchiveOpt,
 
 
 @archive_app.command("search")
-def search_cmd(library: LibraryOpt, archive: ArchiveOpt,
+def search_cmd(archive: ArchiveOpt,
+               library: Annotated[Path | None, typer.Option("--library", "-l", help="Library whose model encodes "
+                                                            "the query (default: none, the archive's own "
+                                                            "published model).")] = None,
                image: Annotated[Path | None, typer.Option(help="Query image file.")] = None,
                text: Annotated[str | None, typer.Option(help="Query report text.")] = None,
                code: Annotated[str | None, typer.Option(help="Query code (hex), e.g. from an export.")] = None,
@@ -93,6 +97,10 @@ def search_cmd(library: LibraryOpt, archive: ArchiveOpt,
                                                            "searches while current.")] = None,
                model: Annotated[int | None, typer.Option("--model", help="Library model id that encodes the "
                                                          "query (default: active).")] = None,
+               archive_model: Annotated[int | None, typer.Option("--archive-model", help="Without --library: "
+                                                                 "the archive's model that encodes the query "
+                                                                 "(default: the newest with published weights "
+                                                                 "and codes).")] = None,
                device: Annotated[str, typer.Option("--device")] = "auto", as_json: JsonOpt = False) -> None:
     """Rank archive cases by Hamming distance to the query (exact: the local FAISS order)."""
     from medhash_app.core.archive import ArchiveSearch, connect, describe_target
@@ -106,10 +114,12 @@ def search_cmd(library: LibraryOpt, archive: ArchiveOpt,
     try:
         filters = CaseFilter(labels=label or None, modality=modality, view=view, domain=domain,
                              date_from=date_from, date_to=date_to, keyword=keyword)
-        with Library.open(library, read_only=True) as lib, connect(archive, autocommit=True) as conn:
+        with ExitStack() as stack:
+            lib = stack.enter_context(Library.open(library, read_only=True)) if library is not None else None
+            conn = stack.enter_context(connect(archive, autocommit=True))
             require_archive(conn, describe_target(archive))
             query = encode_query(conn, lib, model_id=model, image=image, text=text, code=code,
-                                 code_kind=code_kind, bits=bits, device=device)
+                                 code_kind=code_kind, bits=bits, device=device, archive_model_id=archive_model)
             searcher = ArchiveSearch(conn, ArchiveMirror(mirror, conn) if mirror else None)
             targets = targets_for(query.kind, target)
             hits = searcher.search(query.archive_model_id, targets, query.bits, query.code, k, filters,
@@ -146,6 +156,7 @@ def search_cmd(library: LibraryOpt, archive: ArchiveOpt,
 def status_cmd(archive: ArchiveOpt, as_json: JsonOpt = False) -> None:
     """Cases, models and code sets (with their version counters) in the archive."""
     from medhash_app.core.archive import connect, describe_target
+    from medhash_app.core.archive.model_cache import list_models
     from medhash_app.core.archive.schema import require_archive
 
     try:
@@ -157,15 +168,22 @@ def status_cmd(archive: ArchiveOpt, as_json: JsonOpt = False) -> None:
                 "(SELECT count(*) FROM medhash.codes k WHERE k.model_id = m.id AND k.modality = v.modality "
                 "AND k.bits = v.bits) FROM medhash.models m JOIN medhash.code_versions v ON v.model_id = m.id "
                 "ORDER BY 1, 4, 5").fetchall()
+            models = list_models(conn)
     except MedHashError as exc:
         fail(exc, as_json)
     payload = {"archive": describe_target(archive), "cases": int(cases),
+               "models": [{"model_id": m.id, "name": m.name, "method": m.method, "bits": m.bits,
+                           "weights_published": m.has_weights} for m in models],
                "code_sets": [{"model_id": r[0], "name": r[1], "method": r[2], "modality": r[3], "bits": r[4],
                               "version": r[5], "codes": r[6]} for r in sets]}
     if as_json:
         emit_json(payload)
         return
     console.print(f"{payload['archive']}: {cases} case(s)", markup=False)
+    for m in models:
+        console.print(f"  model {m.id} {m.name} ({m.method}, {'/'.join(map(str, m.bits))} bits): weights "
+                      + ("published: searchable without a library" if m.has_weights else
+                         "not published: only a library holding it can encode queries"), markup=False)
     for s in payload["code_sets"]:
         console.print(f"  model {s['model_id']} {s['name']} ({s['method']}): {s['modality']} {s['bits']} bits, "
                       f"{s['codes']} codes, version {s['version']}", markup=False)

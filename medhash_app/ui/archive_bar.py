@@ -143,8 +143,8 @@ class ArchiveBar(QWidget):
         return words
 
     def refresh_mirror(self) -> JobHandle | None:
-        client, session = self.client, self._session
-        if client is None or session is None:
+        client, session = self.client, self._session  # no session: the archive's own model
+        if client is None:
             return None
         self.mirror_button.setEnabled(False)
         self.answered_label.setText("Refreshing the mirror…")

@@ -93,7 +93,8 @@ class MainWindow(QMainWindow):
                                         "Open the demo library (built on first use)")
         self.import_action = self._action("&Import into library…", "Ctrl+I", self.library_tab.choose_import_folder)
         self.archive_action = self._action("Open &archive…", None, self._open_archive, "Search a shared case "
-                                           "archive (PostgreSQL) with this library's model")
+                                           "archive (PostgreSQL) with this library's model, or with the archive's own model "
+                                           "when no library is open")
         self.pacs_action = self._action("&PACS…", None, self.show_pacs, "Receive studies from the PACS, or find "
                                         "and pull them into the library")
         self.csv_action = self._action("Export results as &CSV…", "Ctrl+E", self.search_tab.choose_csv)

@@ -179,8 +179,10 @@ class SearchTab(QWidget):
     def search(self) -> JobHandle | None:
         """Start a search with the current query and choices; cancels the one still running."""
         session = self.state.session
-        if session is None:
-            self.message.show_message("Open or create a library first (Library tab, or Ctrl+L).", "warning")
+        archive = self.archive_bar.client is not None  # an archive is searched with or without a library
+        if session is None and not archive:
+            self.message.show_message("Open or create a library first (Library tab, or Ctrl+L), or open a "
+                                      "shared archive (File → Open archive…).", "warning")
             return None
         query = self.build_query()
         if query is None:
@@ -197,7 +199,6 @@ class SearchTab(QWidget):
         self.message.hide()
         self.summary.setText(f"{shown.description}: searching…")
         self._started = time.perf_counter()
-        archive = self.archive_bar.client is not None
         job = self.runner.start("archive search" if archive else "search",
                                 self.archive_bar.search_job(session, query) if archive
                                 else lambda _p, _c: session.search(query))
@@ -259,7 +260,7 @@ class SearchTab(QWidget):
 
     def _on_archive_opened(self, info: ArchiveInfo) -> None:
         self.settings.set_last_archive(self.archive_bar.client.target, self.archive_bar.client.mirror_folder is not None)
-        self.clear_results(f"Archive {info.label}: {info.cases:,} cases · queries are encoded by the library's model")
+        self.clear_results(f"Archive {info.label}: {info.cases:,} cases · queries are encoded by {info.encoded_by}")
         self.message.hide()
         if self.state.session is not None and info.model_id is None:
             self.message.show_message(f"Archive {info.label}: the library's active model was never published "

@@ -161,3 +161,32 @@ def test_dead_or_unsuitable_archives_are_one_line_in_the_window(qtbot, window, o
     assert "Archive search failed" in window.search_time.text()
     result = _search(qtbot, tab)  # the next search connects again
     assert result.hits and window.settings.last_archive() == url
+
+
+def test_without_a_library_the_window_searches_with_the_archives_model(qtbot, window, library_copy: Path,
+                                                                        tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reading room with no library of its own: the archive's published checkpoint encodes the dropped
+    image, and the rows are the CLI's (also without a library) for the same file."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the checkpoint is fetched into it
+    url = fresh_archive_url()
+    with connect(url, autocommit=True) as conn:
+        init_archive(conn)
+    with Library.open(library_copy, read_only=True) as lib:
+        publish_library(lib, url, batch=50, with_weights=True)
+        image = Path(next(c for c in lib.iter_cases() if c["domain"] == "chest")["source_path"])
+    tab = window.search_tab
+    assert window.state.session is None
+    with qtbot.waitSignal(tab.archive_bar.opened, timeout=60_000) as opened:
+        tab.open_archive(url, None)
+    assert opened.args[0].encoded_by.startswith("archive model ")
+    assert "encoded by archive model" in tab.summary.text()
+    tab.filters.k.setValue(15)
+    with qtbot.waitSignal(tab.searchFinished, timeout=60_000):
+        window.handle_drop([image])
+    result = CliRunner().invoke(app, ["archive", "search", "--archive", url, "--image", str(image), "-k", "15",
+                                      "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    want = [(h["case_id"], h["distance"]) for h in json.loads(result.stdout)["hits"]]
+    assert len(want) == 15 and _shown(tab) == want
+    assert "archive, answered by the archive server" in tab.summary.text()

@@ -2,7 +2,9 @@
 and a search that takes the window's SearchQuery and returns the window's SearchResult.
 
 The query is encoded by the open library's active model (its loaded encoder, no second copy), which
-must be the checkpoint published to the archive, as `medhash archive search` requires. Every server
+must be the checkpoint published to the archive, as `medhash archive search` requires; with no library
+open, by the archive's own published checkpoint (core/archive/model_cache.py), fetched once to this
+workstation's cache and kept loaded. Every server
 or network failure becomes one ArchiveError line; the connection is then dropped and the next call
 connects again, so a server that comes back is used without reopening anything.
 """
@@ -21,6 +23,7 @@ import psycopg
 from medhash_app.core.archive.connection import ArchiveError, connect, describe_target, to_conninfo
 from medhash_app.core.archive.connection import _first_line as first_line
 from medhash_app.core.archive.mirror import ArchiveMirror
+from medhash_app.core.archive.model_cache import ArchiveModel, choose_model, fetch_checkpoint
 from medhash_app.core.archive.models import find_model
 from medhash_app.core.archive.query import encode_query, targets_for
 from medhash_app.core.archive.schema import require_archive
@@ -28,6 +31,7 @@ from medhash_app.core.archive.search import ArchiveHit, ArchiveSearch, stored_re
 from medhash_app.core.search.types import Hit, SearchQuery, SearchResult
 
 if TYPE_CHECKING:
+    from medhash_app.core.encoder.service import EncoderService
     from medhash_app.core.session import MedHashSession
 
 T = TypeVar("T")
@@ -39,7 +43,8 @@ class ArchiveInfo:
 
     label: str  # the target without user info or query string
     cases: int
-    model_id: int | None  # the archive's id of the library's active model (None: not published)
+    model_id: int | None  # the archive's id of the model that encodes queries (None: not published)
+    encoded_by: str = "the library's model"  # or "archive model 3 (name)" on a workstation without a library
     recall: list[dict[str, Any]] = field(default_factory=list)  # measured HNSW recall of that model
 
 
@@ -55,27 +60,32 @@ class ArchiveAnswer:
 class ArchiveClient:
     """An archive opened by one workstation; safe to call from worker threads (one call at a time)."""
 
-    def __init__(self, target: str, mirror_folder: Path | None = None) -> None:
+    def __init__(self, target: str, mirror_folder: Path | None = None, model_cache: Path | None = None) -> None:
+        """`model_cache`: where the archive's checkpoint is kept when no library encodes (default: the
+        user's cache folder)."""
         to_conninfo(target)  # refuses a malformed target or one with a password before anything is kept
         self.target = target
         self.label = describe_target(target)
         self.mirror_folder = mirror_folder
+        self.model_cache = model_cache
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
         self._mirror: ArchiveMirror | None = None
+        self._own: tuple[ArchiveModel, EncoderService] | None = None  # the archive's model, without a library
 
     def open(self, session: MedHashSession | None = None) -> ArchiveInfo:
         """Connect, check it is an archive, and say how big it is and whether the library's model is there."""
         with self._lock:
             return self._guarded(lambda conn: self._info(conn, session))
 
-    def search(self, session: MedHashSession, query: SearchQuery, *, approximate: bool = False,
+    def search(self, session: MedHashSession | None, query: SearchQuery, *, approximate: bool = False,
                ef_search: int = 200) -> ArchiveAnswer:
-        """Rank archive cases for a query encoded by the session's active model (exact by default)."""
+        """Rank archive cases for a query encoded by the session's active model, or without a session by
+        the archive's own published model (exact by default)."""
         with self._lock:
             return self._guarded(lambda conn: self._search(conn, session, query, approximate, ef_search))
 
-    def refresh_mirror(self, session: MedHashSession) -> int:
+    def refresh_mirror(self, session: MedHashSession | None) -> int:
         """Download the active model's code sets into the mirror folder (only those that changed)."""
         if self.mirror_folder is None:
             raise ArchiveError(self.label, "no mirror folder was chosen for this archive")
@@ -132,16 +142,32 @@ class ArchiveClient:
 
     def _info(self, conn: psycopg.Connection, session: MedHashSession | None) -> ArchiveInfo:
         cases = int(conn.execute("SELECT count(*) FROM medhash.cases").fetchone()[0])
-        model = session.active_model() if session is not None else None
-        model_id = find_model(conn, model) if model is not None else None
+        encoded_by = "the library's model"
+        if session is None:  # no library: the archive's model encodes, fetched now rather than at the first query
+            published, _ = self._own_encoder(conn)
+            model_id, encoded_by = published.id, f"archive model {published.id} ({published.name})"
+        else:
+            model = session.active_model()
+            model_id = find_model(conn, model) if model is not None else None
         recall = [] if model_id is None else [
             {"modality": m, "bits": int(b), "ef_search": int(ef), "k": int(k), "recall": float(r), "queries": int(q),
              "codes": int(c)} for m, b, ef, k, r, q, c in conn.execute(
                 "SELECT modality, bits, ef_search, k, recall, queries, codes FROM medhash.hnsw_recall "
                 "WHERE model_id = %s ORDER BY 1, 2, 3", [model_id])]
-        return ArchiveInfo(self.label, cases, model_id, recall)
+        return ArchiveInfo(self.label, cases, model_id, recall=recall, encoded_by=encoded_by)
 
-    def _model_id(self, conn: psycopg.Connection, session: MedHashSession) -> int:
+    def _own_encoder(self, conn: psycopg.Connection) -> tuple[ArchiveModel, EncoderService]:
+        """The archive's newest model with published weights and codes, loaded once (from the cache)."""
+        if self._own is None:
+            from medhash_app.core.encoder.service import EncoderService  # torch: only when needed
+
+            published = choose_model(conn, label=self.label)
+            self._own = published, EncoderService(fetch_checkpoint(conn, published, self.model_cache))
+        return self._own
+
+    def _model_id(self, conn: psycopg.Connection, session: MedHashSession | None) -> int:
+        if session is None:
+            return self._own_encoder(conn)[0].id
         model = session.active_model()
         if model is None:
             raise ArchiveError(str(session.library.folder), "no active model to encode the query")
@@ -151,15 +177,21 @@ class ArchiveClient:
                                "publish it with `medhash archive publish`")
         return model_id
 
-    def _search(self, conn: psycopg.Connection, session: MedHashSession, query: SearchQuery, approximate: bool,
-                ef_search: int) -> ArchiveAnswer:
+    def _search(self, conn: psycopg.Connection, session: MedHashSession | None, query: SearchQuery,
+                approximate: bool, ef_search: int) -> ArchiveAnswer:
         started = time.perf_counter()
-        model = session.active_model()
-        if model is None:
-            raise ArchiveError(str(session.library.folder), "no active model to encode the query")
-        encoded = encode_query(conn, session.library, model_id=int(model["id"]), image=query.image_path,
-                               text=query.text, code=None, code_kind="image", bits=query.bits,
-                               encoder=session.encoders.get(model))
+        if session is None:
+            published, encoder = self._own_encoder(conn)
+            library, model_id, archive_model = None, None, published.id
+        else:
+            model = session.active_model()
+            if model is None:
+                raise ArchiveError(str(session.library.folder), "no active model to encode the query")
+            library, model_id, archive_model = session.library, int(model["id"]), None
+            encoder = session.encoders.get(model)
+        encoded = encode_query(conn, library, model_id=model_id, image=query.image_path, text=query.text,
+                               code=None, code_kind="image", bits=query.bits, encoder=encoder,
+                               archive_model_id=archive_model)
         encoded_at = time.perf_counter()
         searcher = ArchiveSearch(conn, None if approximate else self._mirror_for(conn))
         targets = targets_for(encoded.kind, query.target)
@@ -169,7 +201,8 @@ class ArchiveClient:
                   if approximate else None)
         done = time.perf_counter()
         result = SearchResult(hits=[_hit(h, encoded.bits) for h in found], bits=encoded.bits,
-                              model_id=int(model["id"]), device=str(session.device),
+                              model_id=model_id if model_id is not None else encoded.archive_model_id,
+                              device=str(encoder.device),
                               encode_ms=(encoded_at - started) * 1e3, search_ms=(done - encoded_at) * 1e3,
                               total_ms=(done - started) * 1e3, query_kind=encoded.kind)  # type: ignore[arg-type]
         return ArchiveAnswer(result, searcher.last_answer, "hnsw" if approximate else "exact", recall,
