@@ -207,8 +207,13 @@ def encode_cmd(library: LibraryOpt, model: ModelOpt = None, device: DeviceOpt = 
     emit_json(payload) if as_json else console.print(f"encoded {count} cases with model {model_row['id']}")
 
 
+ARCHIVE_PREFIXES = ("postgresql://", "postgres://", "service=")  # a --library that names a shared archive
+
+
 @app.command("search")
-def search_cmd(library: LibraryOpt,
+def search_cmd(library: Annotated[str, typer.Option("--library", "-l", help="Library folder, or a shared archive "
+                                                    "(postgresql:// URL or service=NAME): then the search is "
+                                                    "`medhash archive search` without a library.")],
                image: Annotated[Path | None, typer.Option(help="Query image file (DICOM, PNG, JPEG).")] = None,
                text: Annotated[str | None, typer.Option(help="Query report text.")] = None,
                target: Annotated[str | None, typer.Option(
@@ -224,6 +229,11 @@ def search_cmd(library: LibraryOpt,
                model: ModelOpt = None, device: DeviceOpt = "auto", as_json: JsonOpt = False,
                no_serve: NoServeOpt = False) -> None:
     """Rank library cases by Hamming distance to the query's code."""
+    if library.strip().startswith(ARCHIVE_PREFIXES):
+        _search_archive(library, image, text, target, k, bits, label, modality, view, domain, date_from, date_to,
+                        keyword, rerank, model, device, as_json)
+        return
+    folder = Path(library)
     try:
         if (image is None) == (text is None):
             raise MedHashError("query", "give exactly one of --image FILE or --text TEXT")
@@ -232,18 +242,34 @@ def search_cmd(library: LibraryOpt,
         filters = {"labels": label or None, "modality": modality, "view": view, "domain": domain,
                    "date_from": date_from, "date_to": date_to, "keyword": keyword}
         fields = {"image_path": image, "text": text, "target": target, "k": k, "bits": bits, "rerank": rerank}
-        served = served_search(library, fields, filters, model, device, no_serve)  # a running `medhash serve`
+        served = served_search(folder, fields, filters, model, device, no_serve)  # a running `medhash serve`
         if served is not None:
             emit_json(served) if as_json else _print_hits(result_view(served))
             return
         from medhash_app.core.search import SearchFilters, SearchQuery
 
-        with _session(library, device=device) as session:
+        with _session(folder, device=device) as session:
             result = session.search(SearchQuery(**fields, filters=SearchFilters(**filters)), model)
     except MedHashError as exc:
         fail(exc, as_json)
     emit_json(result.to_dict()) if as_json else _print_hits(result)
-    start_on_demand(library, device, no_serve)
+    start_on_demand(folder, device, no_serve)
+
+
+def _search_archive(archive: str, image: Path | None, text: str | None, target: str | None, k: int, bits: int | None,
+                    label: list[str] | None, modality: str | None, view: str | None, domain: str | None,
+                    date_from: str | None, date_to: str | None, keyword: str | None, rerank: bool,
+                    model: int | None, device: str, as_json: bool) -> None:
+    """`medhash search --library postgresql://…`: the archive's exact search, encoded by the archive's
+    own published model (`--model`: its archive id), as `medhash archive search` without --library."""
+    from medhash_app.cli_archive import search_cmd as archive_search
+
+    if rerank:
+        fail(MedHashError("--rerank", "an archive stores codes only; re-ranking needs a local library"), as_json)
+    archive_search(archive=archive, library=None, image=image, text=text, code=None, code_kind="image",
+                   target=target, k=k, bits=bits, label=label, modality=modality, view=view, domain=domain,
+                   date_from=date_from, date_to=date_to, keyword=keyword, approximate=False, ef_search=200,
+                   mirror=None, model=None, archive_model=model, device=device, as_json=as_json)
 
 
 def _print_hits(result) -> None:

@@ -85,3 +85,15 @@ def test_an_archive_without_published_weights_says_what_to_do(tiny_library: Path
     assert code == 0 and len(payload["hits"]) == 12 and payload["model_id"] == model.id
     status = CliRunner().invoke(app, ["archive", "status", "--archive", url, "--json"])
     assert json.loads(status.stdout)["models"][0]["weights_published"] is False
+
+
+def test_medhash_search_takes_an_archive_url_as_its_library(tiny_library: Path, cache: Path) -> None:
+    """`medhash search --library postgresql://…` is the archive's search without a library."""
+    url = _publish(tiny_library, with_weights=True)
+    plain = CliRunner().invoke(app, ["search", "--library", url, "--text", REPORT, "-k", "12", "--device", "cpu",
+                                     "--json", "--no-serve"])
+    assert plain.exit_code == 0, plain.output
+    code, archive = _search(url, "--text", REPORT)
+    assert code == 0 and _ranked(json.loads(plain.stdout)) == _ranked(archive)
+    refused = CliRunner().invoke(app, ["search", "--library", url, "--text", REPORT, "--rerank", "--no-serve"])
+    assert refused.exit_code == 2 and "re-ranking needs a local library" in refused.output
