@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from medhash_app.core.ingest.decode import Decoder, DecodeJob
+from medhash_app.core.ingest.decode import DecodeJob, Decoder
 from tests.decode_jobs import hang_on_name
 
 

@@ -109,7 +109,13 @@ class ArchiveBar(QWidget):
         old, self.client, self.info = self.client, client, info
         if old is not None and old is not client:
             self.runner.start("close archive", lambda _p, _c: old.close())
-        self.name_label.setText(f"Archive {info.label} · {info.cases:,} cases")
+        own_model = self._session is None  # no library: say which of the archive's models encodes
+        self.name_label.setText(f"Archive {info.label} · {info.cases:,} cases"
+                                + (f" · model {info.model_id}" if own_model else ""))
+        self.name_label.setToolTip(f"Queries are encoded by {info.encoded_by}")
+        self.close_button.setText("Close archive" if own_model else "Search local library")
+        self.close_button.setToolTip("Close the archive" if own_model else
+                                     "Close the archive; searches go to the open library again")
         self.mirror_button.setVisible(client.mirror_folder is not None)
         self.answered_label.setText("")
         self._update_recall()
@@ -155,7 +161,12 @@ class ArchiveBar(QWidget):
         return job
 
     def set_session(self, session: Any) -> None:
+        """A library opened or closed while an archive is open changes the model that encodes the
+        queries (the library's, or the archive's own): open the archive again to say which."""
+        changed = session is not self._session
         self._session = session
+        if changed and self.client is not None:
+            self.open_archive(self.client.target, self.client.mirror_folder, session)
 
     def _on_mode(self) -> None:
         self.ef_search.setEnabled(self.approximate.isChecked())

@@ -10,7 +10,8 @@ Library tab's case browser as a thumbnail grid (`browser-list`: as a list); `lig
 from the dark to the light theme while the window runs; `search` opens LIB and searches with the image
 FILE (e.g. a chest DICOM in a fundus library: the out-of-domain warning above the results), then
 with the report TEXT when `--text` is given; `--view grid` shows the results as a grid; with `--archive
-TARGET` (and `--text`) the typed report is searched in that shared archive (docs/archive.md).
+TARGET` (and `--text`) the typed report is searched in that shared archive (docs/archive.md); with
+`--archive` and no `--library`, the image FILE is searched there with the archive's own model.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def main() -> int:
     parser.add_argument("--query", type=Path, help="image file the `search` shot searches with")
     parser.add_argument("--text", help="`search`: then search with this typed report instead")
     parser.add_argument("--archive", help="`search`: search this archive (service name or URL) with the typed "
-                        "--text instead of the library (whose active model must be published there)")
+                        "--text instead of the library (whose active model must be published there); without "
+                        "--library, the --query image with the archive's own published model")
     parser.add_argument("--view", choices=["list", "grid"], default="list", help="`search`: results as")
     parser.add_argument("--theme", default="dark")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="give up (no file) after this long")
@@ -72,7 +74,10 @@ def main() -> int:
             QTimer.singleShot(4000, save)
 
         tab.searchFinished.connect(finished)
-        if args.archive:  # library open -> archive open -> the typed report searched in the archive
+        if args.archive and args.library is None:  # no library: the archive's own model encodes the image
+            tab.archive_bar.opened.connect(lambda _info: tab.query.load_file(args.query))
+            tab.open_archive(args.archive, None)
+        elif args.archive:  # library open -> archive open -> the typed report searched in the archive
             def open_archive() -> None:
                 if window.state.session is not None and tab.archive_bar.client is None and pending:
                     tab.open_archive(args.archive, None)
@@ -86,7 +91,8 @@ def main() -> int:
             tab.archive_bar.opened.connect(type_report)
         else:
             window.state.changed.connect(lambda: window.state.session is not None and tab.query.load_file(args.query))
-        window.open_library(args.library)
+        if args.library is not None:
+            window.open_library(args.library)
     elif args.shot == "light-live":  # start in the dark theme, switch to light while running
         QTimer.singleShot(800, lambda: window.set_theme("light"))
         QTimer.singleShot(2000, save)

@@ -190,3 +190,12 @@ def test_without_a_library_the_window_searches_with_the_archives_model(qtbot, wi
     want = [(h["case_id"], h["distance"]) for h in json.loads(result.stdout)["hits"]]
     assert len(want) == 15 and _shown(tab) == want
     assert "archive, answered by the archive server" in tab.summary.text()
+    assert tab.archive_bar.name_label.text().endswith(f"· model {opened.args[0].model_id}")
+    assert "encoded by archive model" in tab.archive_bar.name_label.toolTip()
+    assert tab.archive_bar.close_button.text() == "Close archive"  # there is no local library to go back to
+
+    with qtbot.waitSignal(tab.archive_bar.opened, timeout=60_000) as reopened:  # a library opens: its model encodes
+        window.open_library(library_copy)
+    assert reopened.args[0].encoded_by == "the library's model" and reopened.args[0].model_id == opened.args[0].model_id
+    assert tab.archive_bar.close_button.text() == "Search local library"
+    assert "· model" not in tab.archive_bar.name_label.text()
