@@ -154,7 +154,7 @@ class CaseView(QWidget):
             self._job.cancel()
         path = self._image_path(case)
         if path is None:
-            self.case_pane.show_text_only("The image of this case is not available")
+            self.case_pane.show_text_only(_missing_image_text(case))
             return
         job = self.runner.start("load case", lambda _p, _c: load_for_viewer(path))
         job.succeeded.connect(lambda value, p=path: self._on_loaded(p, value))
@@ -246,3 +246,11 @@ class CaseDialog(QDialog):
             self.view.message.show_error(exc)
             return
         self.view.message.show_message(f"Saved {saved.name}", "info", 4000)
+
+
+def _missing_image_text(case: dict[str, Any]) -> str:
+    """Why no image is shown: an archive case shares only its de-identified thumbnail (docs/archive.md)."""
+    if "archive_case_id" in case:
+        return (f"Shared archive case {case.get('case_key') or case['archive_case_id']}: the archive holds only its "
+                "de-identified thumbnail (in the results list); the full image stays with the site that published it.")
+    return "The image of this case is not available"

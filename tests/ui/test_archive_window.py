@@ -193,6 +193,10 @@ def test_without_a_library_the_window_searches_with_the_archives_model(qtbot, wi
     assert tab.archive_bar.name_label.text().endswith(f"· model {opened.args[0].model_id}")
     assert "encoded by archive model" in tab.archive_bar.name_label.toolTip()
     assert tab.archive_bar.close_button.text() == "Close archive"  # there is no local library to go back to
+    view = tab.open_case(tab.model.hit(0)).view  # the archive shares thumbnails only: say so, do not fail
+    qtbot.waitUntil(lambda: "de-identified thumbnail" in view.case_pane.no_image.text(), timeout=5_000)
+    assert tab.model.hit(0).case["case_key"] in view.case_pane.no_image.text()
+    tab.case_dialog.close()
 
     with qtbot.waitSignal(tab.archive_bar.opened, timeout=60_000) as reopened:  # a library opens: its model encodes
         window.open_library(library_copy)
