@@ -4,6 +4,7 @@ instance recall, the linear probe, and a resumable end-to-end grid on the tiny b
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,18 @@ def test_report_gives_intervals_verdicts_and_the_probe(fair_grid):
     probe = json.loads((out / "probe.json").read_text(encoding="utf-8"))
     assert 0.0 < probe["i2t_map"] <= 1.0 and 0.0 < probe["t2i_map"] <= 1.0
     assert "Linear-probe reference" in text
+
+
+def test_a_call_for_one_method_still_reports_every_finished_method(fair_grid):
+    """The grid is run a method at a time; each call rewrites report.md, which must keep the others."""
+    samples, spec, out, _, _ = fair_grid
+    narrow = replace(spec, variants=parse_methods("base:classifier=on"), seeds=[0])
+    outcome = run_fair(samples, narrow, out, train=False, command="medhash experiment --methods base:classifier=on")
+    text = Path(outcome.report).read_text(encoding="utf-8")
+    assert not outcome.ran and not outcome.pending
+    assert any(line.startswith("| base | 2 |") for line in text.splitlines())  # BASE's two seeds stay in
+    row = next(line for line in text.splitlines() if line.startswith("| base:classifier=on |") and "[" in line)
+    assert "(n=" not in row and "Final runs: seeds [0, 1]" in text  # the interval pairs both seeds
 
 
 def test_splits_are_patient_disjoint(fair_grid):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -194,10 +195,34 @@ def leak_lines(spec: Any, results: Results) -> list[str]:
             *table(["Method", "Cell", "honest", "with the leak", "leak minus honest"], rows), ""]
 
 
+METHOD_ORDER = ("base", "mcph", "tripah", "prompthash")
+
+
+def covering_spec(spec: Any, results: Results) -> Any:
+    """The spec widened to every method variant, seed and noise rate with finished runs in the folder,
+    so that a call for one method (the grid is run a method at a time) does not drop the others'
+    rows from report.md; this call's own settings are kept where they already cover them."""
+    from trainer.experiment import parse_methods
+
+    known = {v.label for v in spec.variants}
+    found = {r["variant"]: r["method"] for r in results.values()}
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    extra = [v for label in sorted(set(found) - known, key=lambda lb: (rank.get(found[lb], 99), lb))
+             for v in parse_methods(label)]
+    finals = [r for r in results.values() if r["phase"] == "final"]
+    seeds = sorted(set(spec.seeds) | {int(r["seed"]) for r in finals})
+    noise = sorted(set(spec.noise_rates) | {float(r["noise_rate"]) for r in finals})
+    merged = list(spec.variants) + extra  # plain BASE first: the "minus BASE" tables compare with it
+    order = sorted(range(len(merged)), key=lambda i: (rank.get(merged[i].method, 99),
+                                                      merged[i].label != merged[i].method, i))
+    return replace(spec, variants=[merged[i] for i in order], seeds=seeds, noise_rates=noise)
+
+
 def write_fair_report(out: Path, spec: Any, results: Results, *, command: str, data_name: str,
                       splits: dict[str, int], pending: Sequence[str]) -> Path:
     from trainer.fair_protocol import chosen_settings
 
+    spec = covering_spec(spec, results)
     chosen = chosen_settings(spec, results)
     lines = protocol_lines(spec, command, data_name, splits, results)
     lines += selection_lines(spec, results, chosen)
