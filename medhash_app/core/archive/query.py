@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 
 from medhash_app.core.archive.connection import ArchiveError
-from medhash_app.core.archive.model_cache import choose_model, fetch_checkpoint
+from medhash_app.core.archive.model_cache import ArchiveModel, choose_model, fetch_checkpoint
 from medhash_app.core.archive.models import find_model
 from medhash_app.core.library import Library
 
@@ -56,10 +56,11 @@ def encode_query(conn: psycopg.Connection, library: Library | None, *, model_id:
     with no library, with the archive's own published checkpoint (core/archive/model_cache.py: the
     newest with weights and codes, or `archive_model_id`), fetched to this workstation's cache once.
     `encoder`: that model's already loaded encoder, as the desktop keeps one; else one is loaded."""
-    published = None if library is not None else choose_model(conn, archive_model_id, need_weights=code is None)
+    published: ArchiveModel | None = None
     if library is not None:
         archive_id, have, checkpoint = _library_model(conn, library, model_id)
-    else:
+    else:  # a code query needs no weights, only the model whose codes it is compared with
+        published = choose_model(conn, archive_model_id, need_weights=code is None)
         archive_id, have, checkpoint = published.id, sorted(published.bits), None
     use = have[-1] if bits is None else bits
     if use not in have:
@@ -71,7 +72,7 @@ def encode_query(conn: psycopg.Connection, library: Library | None, *, model_id:
     if encoder is None:
         from medhash_app.core.encoder.service import EncoderService  # torch: only when a query needs encoding
 
-        if checkpoint is None:
+        if checkpoint is None and published is not None:
             checkpoint = str(fetch_checkpoint(conn, published, cache))
         encoder = EncoderService(checkpoint, device=device)
     if image is not None:
