@@ -55,7 +55,12 @@ def test_fit_learns_far_better_than_random_codes(splits: Splits, tmp_path: Path)
     assert img[32].shape == (len(splits.val), 32) and img[32].dtype == np.float32
     i2t = mean_average_precision(img[32], txt[32], labels, labels)
     best_epoch = max(result.history, key=lambda h: h["val_map"]["mean"])
-    assert i2t == pytest.approx(best_epoch["val_map"]["i2t"])  # the saved best is the selected model
+    other_epoch = min(result.history, key=lambda h: h["val_map"]["mean"])
+    # The saved best is the selected model. Validation encodes from the cached stems, this from the
+    # images: float rounding can flip the sign of a code bit near zero (a few 1e-4 of mAP on 18 items),
+    # far less than the gap between the two epochs' checkpoints.
+    assert i2t == pytest.approx(best_epoch["val_map"]["i2t"], abs=5e-3)
+    assert abs(i2t - best_epoch["val_map"]["i2t"]) < abs(i2t - other_epoch["val_map"]["i2t"])
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(splits: Splits, tmp_path: Path) -> None:
