@@ -1,6 +1,8 @@
 """Render packaging/linux/medhash.svg to the PNG sizes the hicolor icon theme wants (run once; PNGs are committed).
 
-    QT_QPA_PLATFORM=offscreen python packaging/render_icon.py
+A build-time helper, kept in the UI package because Qt is imported only there.
+
+    QT_QPA_PLATFORM=offscreen python -m medhash_app.ui.render_icon     # from the repository root
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication, QImage, QPainter
 from PySide6.QtSvg import QSvgRenderer
 
-HERE = Path(__file__).resolve().parent / "linux"
+HERE = Path(__file__).resolve().parents[2] / "packaging" / "linux"
 SIZES = (48, 128, 256)
 
 
