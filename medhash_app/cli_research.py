@@ -88,7 +88,7 @@ def experiment_cmd(ctx: typer.Context, library: LibraryOpt,
                        min=1, help="fair: steps of a selection run (default: --steps).")] = None,
                    trainable_top_blocks: Annotated[int | None, typer.Option(
                        min=0, help="fair: tower blocks that train (default: the method's, 2); 0 freezes both "
-                       "towers (the regime whose full grid fits a CPU).")] = None,
+                       "towers (cheaper for BASE only: benchmarks/results/fair_step_cost.md).")] = None,
                    phase: Annotated[str, typer.Option(help="fair: phases to run (select,final,probe,leak).")]
                    = "select,final,probe,leak",
                    max_runs: Annotated[int | None, typer.Option(
@@ -188,10 +188,21 @@ def _fair_job(library, spec, out, relevance, phase, max_runs, command, report_on
     return job
 
 
+# Options that only one protocol reads: the recipe of the other protocol leaves them out.
+PROTOCOL_ONLY = {"grid": {"epochs", "lr", "eval_from_cache"},
+                 "fair": {"steps", "lr_grid", "backbone_lr_grid", "select_steps", "trainable_top_blocks", "phase",
+                          "max_runs", "relevance"}}
+
+
 def command_line(ctx: typer.Context) -> str:
-    """The command as parsed, every option spelled out (defaults included): the report's recipe."""
+    """The command as parsed, every option spelled out (defaults included) except those the chosen
+    protocol ignores: the report's recipe."""
     words = ["medhash", ctx.info_name or "experiment"]
+    protocol = ctx.params.get("protocol")
+    ignored = set().union(*(names for p, names in PROTOCOL_ONLY.items() if p != protocol)) if protocol else set()
     for param in ctx.command.params:
+        if param.name in ignored:
+            continue
         value = ctx.params.get(param.name)
         if getattr(param, "is_flag", False):
             words += [param.opts[0]] if value else []

@@ -235,5 +235,8 @@ def test_cli_fair_protocol_with_relevance_from_a_manifest_column(tmp_path: Path)
     assert len(final["per_query_ap"]["i2t@16"]) == 10
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "relevance = same shape_seen" in report and "--protocol fair" in report
+    recipe = report.split("```bash\n")[1].split("\n```")[0]
+    assert "--steps 6" in recipe and "--lr-grid 0.001" in recipe  # what the fair protocol reads ...
+    assert "--epochs" not in recipe and "--eval-from-cache" not in recipe  # ... and not the grid's options
     res = CliRunner().invoke(app, [*args[:args.index("--phase")], "--phase", "final,nonsense", *args[args.index("--phase") + 2:]])
     assert res.exit_code == 2 and json.loads(res.stdout)["item"] == "--phase"
