@@ -199,7 +199,7 @@ def command_line(ctx: typer.Context) -> str:
     protocol ignores: the report's recipe."""
     words = ["medhash", ctx.info_name or "experiment"]
     protocol = ctx.params.get("protocol")
-    ignored = set().union(*(names for p, names in PROTOCOL_ONLY.items() if p != protocol)) if protocol else set()
+    ignored = {name for other, names in PROTOCOL_ONLY.items() if other != protocol for name in names}
     for param in ctx.command.params:
         if param.name in ignored:
             continue
