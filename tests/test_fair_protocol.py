@@ -27,7 +27,7 @@ from trainer.fair_protocol import (
     run_fair,
 )
 from trainer.linear_probe import average_precision, macro_auc, share_probability
-from trainer.paired_bootstrap import paired_interval
+from trainer.paired_bootstrap import paired_class_interval, paired_interval
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -99,6 +99,20 @@ def test_paired_interval_by_hand():
     assert (iv.high, iv.verdict, iv.seeds) == (pytest.approx(-0.1), "loses", 2)
     with pytest.raises(ValueError):
         paired_interval([[0.1, 0.2]], [[0.1]])
+
+
+def test_paired_class_interval_by_hand():
+    # class A: queries 0, 1 at +0.2; class B: query 2 at -0.1 -> mean of the class means 0.05
+    iv = paired_class_interval([([0, 1], [[0.7, 0.7]], [[0.5, 0.5]]), ([2], [[0.4]], [[0.5]])], queries=4)
+    assert iv.mean == pytest.approx(0.05) and iv.low <= 0.05 <= iv.high
+    # every resample that keeps both classes gives 0.05; one that loses class B gives 0.2, A: -0.1
+    assert iv.low >= -0.1 - 1e-12 and iv.high <= 0.2 + 1e-12
+    # a query in two classes and two seeds averaged per query: -0.2 and 0.0 -> -0.1 in both classes
+    iv = paired_class_interval([([0], [[0.3], [0.5]], [[0.5], [0.5]]), ([0, 1], [[0.3, 0.3], [0.5, 0.5]],
+                                                                          [[0.5, 0.5], [0.5, 0.5]])], queries=2)
+    assert (iv.mean, iv.high, iv.verdict, iv.seeds) == (pytest.approx(-0.1), pytest.approx(-0.1), "loses", 2)
+    with pytest.raises(ValueError):
+        paired_class_interval([([0, 1], [[0.1]], [[0.1]])], queries=2)
 
 
 def test_expected_recall_of_the_own_item_with_ties():
@@ -179,6 +193,42 @@ def test_report_gives_intervals_verdicts_and_the_probe(fair_grid):
     probe = json.loads((out / "probe.json").read_text(encoding="utf-8"))
     assert 0.0 < probe["i2t_map"] <= 1.0 and 0.0 < probe["t2i_map"] <= 1.0
     assert "Linear-probe reference" in text
+
+
+def test_class_aps_keep_their_queries_and_the_report_gives_rare_class_intervals(fair_grid):
+    _, _, out, _, second = fair_grid
+    for r in (r for r in load_results(out).values() if r["phase"] == "final"):
+        for c in r["per_class"]["classes"].values():
+            assert len(c["query_index"]) == c["query_positives"]
+            if c["query_positives"]:
+                assert np.mean(c["i2t_query_ap"]) == pytest.approx(c["i2t_ap"], abs=1e-6)
+    text = Path(second.report).read_text(encoding="utf-8")
+    rare = text[text.index("## Rare classes"):].splitlines()
+    row = next(line for line in rare if line.startswith("| 0 % | base:classifier=on |"))
+    assert row.count("[") == 2 and any(v in row for v in ("beats", "ties", "loses"))
+
+
+def test_a_run_evaluated_by_an_older_version_is_evaluated_again_from_its_checkpoint(fair_grid):
+    samples, spec, out, _, _ = fair_grid
+    finals = sorted(p for p in (out / "results").glob("final_*.json"))
+    stale, orphan = finals[0], finals[1]
+    before = {p: json.loads(p.read_text(encoding="utf-8")) for p in (stale, orphan)}
+    for path, result in before.items():
+        old = {**result, "metrics": {k: {**m, "map_all": -1.0} for k, m in result["metrics"].items()}}
+        del old["evaluation_version"]
+        path.write_text(json.dumps(old), encoding="utf-8")
+    orphan_best = out / "runs" / (before[orphan].get("reused_from") or before[orphan]["name"]) / "best"
+    orphan_best.rename(orphan_best.with_name("moved"))
+    try:
+        run_fair(samples, spec, out, train=False)
+    finally:
+        orphan_best.with_name("moved").rename(orphan_best)
+    again = json.loads(stale.read_text(encoding="utf-8"))
+    assert again["evaluation_version"] == 2 and again["metrics"] == before[stale]["metrics"]  # same model, same numbers
+    assert again["per_query_ap"] == before[stale]["per_query_ap"] and again["train_s"] == before[stale]["train_s"]
+    kept = json.loads(orphan.read_text(encoding="utf-8"))
+    assert "evaluation_version" not in kept and all(m["map_all"] == -1.0 for m in kept["metrics"].values())
+    orphan.write_text(json.dumps(before[orphan]), encoding="utf-8")  # the other tests read it
 
 
 def test_a_call_for_one_method_still_reports_every_finished_method(fair_grid):

@@ -45,7 +45,7 @@ from trainer.data.splits import Splits, load_splits, make_splits, save_splits
 from trainer.distributed import resolve_device
 from trainer.engine import apply_method_defaults, encode_dataset, fit
 from trainer.errors import DataError
-from trainer.evaluate import distance_histograms, evaluate_codes, metrics_from_histograms, pack_signs
+from trainer.evaluate import distance_histograms, evaluate_codes, pack_signs, per_query_ap
 from trainer.feature_cache import FeatureCache
 from trainer.models.registry import available_methods, get_method
 
@@ -357,20 +357,30 @@ def _metrics(image: dict[int, np.ndarray], text: dict[int, np.ndarray], labels: 
 
 
 def per_class_ap(image: np.ndarray, text: np.ndarray, labels: np.ndarray, names: Sequence[str],
-                 q_idx: np.ndarray, db_idx: np.ndarray, splits: Splits) -> dict[str, dict[str, Any]]:
-    """Per class c: mean AP over the queries labelled c, relevant = retrieval items labelled c."""
+                 q_idx: np.ndarray, db_idx: np.ndarray, splits: Splits, *,
+                 per_query: bool = False) -> dict[str, dict[str, Any]]:
+    """Per class c: mean AP over the queries labelled c, relevant = retrieval items labelled c.
+
+    `per_query` also keeps each of those queries' AP ("i2t_query_ap") and its position among the
+    queries ("query_index"), so a paired bootstrap can put an interval on a class-level difference.
+    """
     train_counts = multi_hot(splits.train, names).sum(axis=0)
     out = {}
     for c, name in enumerate(names):
-        rows = q_idx[labels[q_idx, c] > 0]
+        members = np.flatnonzero(labels[q_idx, c] > 0)
+        rows = q_idx[members]
         entry: dict[str, Any] = {"train_positives": int(train_counts[c]), "query_positives": len(rows),
                                  "retrieval_positives": int(labels[db_idx, c].sum())}
+        if per_query:
+            entry["query_index"] = members.tolist()
         for d, (src, dst) in (("i2t", (image, text)), ("t2i", (text, image))):
+            entry[f"{d}_ap"] = None
             if len(rows):
                 n, r = distance_histograms(src[rows], dst[db_idx], np.ones((len(rows), 1)), labels[db_idx, c:c + 1])
-                entry[f"{d}_ap"] = metrics_from_histograms(n, r)["map"]
-            else:
-                entry[f"{d}_ap"] = None
+                ap = per_query_ap(n, r)
+                entry[f"{d}_ap"] = float(ap.mean())
+                if per_query:
+                    entry[f"{d}_query_ap"] = [round(float(v), 6) for v in ap]
         out[name] = entry
     return out
 

@@ -54,6 +54,9 @@ Progress = Callable[[dict[str, Any]], None]
 PHASES = ("select", "final", "probe", "leak")
 DIRECTIONS = ("i2t", "t2i")
 RECALL_K = (1, 5, 10)
+# What evaluate_fair records. 2: per-query AP inside each class (rare-class intervals). A finished
+# run evaluated by an older version is evaluated again from its best checkpoint when that is on disk.
+EVALUATION_VERSION = 2
 
 
 @dataclass
@@ -208,9 +211,11 @@ def evaluate_fair(model: Any, splits: Splits, *, batch_size: int, device: torch.
         recall[str(bits)] = instance_recall(image[bits][:nq], text[bits][:nq], [s.patient_id for s in splits.query])
     bits = max(image)
     q_idx, db_idx = np.arange(nq), np.arange(nq, len(pairs))
-    rare = per_class_ap(pack_signs(image[bits]), pack_signs(text[bits]), labels, names, q_idx, db_idx, splits)
+    rare = per_class_ap(pack_signs(image[bits]), pack_signs(text[bits]), labels, names, q_idx, db_idx, splits,
+                        per_query=True)
     return {"metrics": metrics, "per_query_ap": per_query, "instance_recall": recall,
-            "per_class": {"bits": bits, "classes": rare}, "query_ids": [s.id for s in splits.query]}
+            "per_class": {"bits": bits, "classes": rare}, "query_ids": [s.id for s in splits.query],
+            "evaluation_version": EVALUATION_VERSION}
 
 
 # ---- one run ------------------------------------------------------------------------------------------
@@ -232,7 +237,7 @@ def run_one(samples: Sequence[Sample], splits: Splits, spec: FairSpec, run: Fair
         result = json.loads(result_file.read_text(encoding="utf-8"))
         if result.get("fingerprint") != key:
             raise DataError(result_file, "was made with other settings; use another output folder or delete it")
-        return result
+        return _refresh_evaluation(result, result_file, splits, spec, out)
     twin = _selection_twin(spec, run, out)
     if twin is not None:  # the same training was done to select: evaluate its model, do not train it again
         result = {**twin, "name": run.name, "phase": run.phase, "reused_from": twin["name"], "fingerprint": key}
@@ -267,6 +272,22 @@ def run_one(samples: Sequence[Sample], splits: Splits, spec: FairSpec, run: Fair
         result.update(evaluate_fair(model, splits, batch_size=train_cfg.batch_size, device=device))
     _write_json(result_file, result)
     shutil.rmtree(run_dir / "last", ignore_errors=True)
+    return result
+
+
+def _refresh_evaluation(result: dict[str, Any], result_file: Path, splits: Splits, spec: FairSpec,
+                        out: Path) -> dict[str, Any]:
+    """Evaluate a finished run again when an older evaluate_fair made its numbers and its best
+    checkpoint is still on disk (training is never repeated); otherwise return it as it is."""
+    if result["phase"] == "select" or result.get("evaluation_version", 1) >= EVALUATION_VERSION:
+        return result
+    best = out / "runs" / (result.get("reused_from") or result["name"]) / "best"
+    if not best.is_dir():
+        return result
+    device = resolve_device(spec.device)
+    model, _, _ = load_checkpoint(best, device=str(device))
+    result = {**result, **evaluate_fair(model, splits, batch_size=spec.batch_size, device=device)}
+    _write_json(result_file, result)
     return result
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from trainer.experiment_report import DIRECTION_NAMES, cell, pct, table
-from trainer.paired_bootstrap import paired_interval
+from trainer.paired_bootstrap import paired_class_interval, paired_interval
 
 Results = dict[str, dict[str, Any]]
 RARE = 5
@@ -127,23 +127,54 @@ def versus_base_lines(spec: Any, results: Results) -> list[str]:
     return lines
 
 
+def _rare_classes(run: dict[str, Any]) -> list[str]:
+    """The RARE classes with the fewest training positives among those the test queries hold."""
+    classes = run["per_class"]["classes"]
+    held = [name for name, c in classes.items() if c["query_positives"]]
+    return sorted(held, key=lambda name: classes[name]["train_positives"])[:RARE]
+
+
+def rare_mean(run: dict[str, Any], direction: str) -> float | None:
+    classes = run["per_class"]["classes"]
+    rare = _rare_classes(run)
+    return float(np.mean([classes[name][f"{direction}_ap"] for name in rare])) if rare else None
+
+
+def rare_paired(results: Results, label: str, base_label: str, noise: float, direction: str,
+                resamples: int) -> Any:
+    """Interval of `label` minus `base_label` on the rare-class AP over the seeds both finished;
+    None when a run predates per-query class APs (evaluation version 1) or nothing pairs up."""
+    mine = {r["seed"]: r for r in _final(results, label, noise)}
+    base = {r["seed"]: r for r in _final(results, base_label, noise)}
+    seeds = sorted(set(mine) & set(base))
+    runs = [mine[s] for s in seeds] + [base[s] for s in seeds]
+    if not seeds or any(f"{direction}_query_ap" not in next(iter(r["per_class"]["classes"].values())) for r in runs):
+        return None
+    first = base[seeds[0]]["per_class"]["classes"]
+    classes = [(first[name]["query_index"],
+                [mine[s]["per_class"]["classes"][name][f"{direction}_query_ap"] for s in seeds],
+                [base[s]["per_class"]["classes"][name][f"{direction}_query_ap"] for s in seeds])
+               for name in _rare_classes(base[seeds[0]])]
+    return paired_class_interval(classes, len(base[seeds[0]]["query_ids"]), resamples=resamples)
+
+
 def rare_lines(spec: Any, results: Results) -> list[str]:
+    base = next((v.label for v in spec.variants if v.method == "base"), None)
     lines = [(f"## Rare classes: mean AP over the {RARE} classes with the fewest training positives "
-             "(largest code length; mean over seeds)"), ""]
+             "(largest code length; mean over seeds; minus BASE: paired bootstrap over the test queries)"), ""]
     rows = []
     for noise in spec.noise_rates:
         for v in spec.variants:
             runs = _final(results, v.label, noise)
             if not runs:
                 continue
-            vals = {d: [] for d in DIRECTION_NAMES}
-            for r in runs:
-                classes = r["per_class"]["classes"]
-                rare = sorted((c for c in classes.values() if c["query_positives"]), key=lambda c: c["train_positives"])[:RARE]
-                for d in DIRECTION_NAMES:
-                    vals[d].append(float(np.mean([c[f"{d}_ap"] for c in rare])) if rare else None)
-            rows.append([pct(noise), v.label] + [cell(vals[d]) for d in DIRECTION_NAMES])
-    return lines + table(["Noise", "Method", "I→T", "T→I"], rows) + [""] if rows else []
+            row = [pct(noise), v.label] + [cell([rare_mean(r, d) for r in runs]) for d in DIRECTION_NAMES]
+            for d in DIRECTION_NAMES:
+                iv = rare_paired(results, v.label, base, noise, d, spec.bootstrap) if base and v.label != base else None
+                row.append(iv.text() + (f" (n={iv.seeds})" if iv.seeds < len(spec.seeds) else "") if iv is not None else "–")
+            rows.append(row)
+    header = ["Noise", "Method", "I→T", "T→I", "minus BASE I→T [95 %]", "minus BASE T→I [95 %]"]
+    return lines + table(header, rows) + [""] if rows else []
 
 
 def recall_lines(spec: Any, results: Results) -> list[str]:
