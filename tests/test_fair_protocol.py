@@ -4,6 +4,7 @@ instance recall, the linear probe, and a resumable end-to-end grid on the tiny b
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -229,6 +230,26 @@ def test_a_run_evaluated_by_an_older_version_is_evaluated_again_from_its_checkpo
     kept = json.loads(orphan.read_text(encoding="utf-8"))
     assert "evaluation_version" not in kept and all(m["map_all"] == -1.0 for m in kept["metrics"].values())
     orphan.write_text(json.dumps(before[orphan]), encoding="utf-8")  # the other tests read it
+
+
+def test_the_report_uses_the_folders_grid_and_sets_aside_finals_at_an_unchosen_setting(fair_grid, tmp_path: Path):
+    """A grid widened after the finals ran must not count a run at the old lr as another seed, and a
+    later call that declares a narrower --lr-grid must not change which lr the report calls chosen."""
+    samples, spec, out, _, _ = fair_grid
+    folder = tmp_path / "out"
+    shutil.copytree(out / "results", folder / "results")
+    results = load_results(folder)
+    lr, _ = chosen_settings(spec, results)["base"]
+    other = next(x for x in spec.lr_grid if x != lr)
+    seed0 = next(r for r in results.values() if r["phase"] == "final" and r["variant"] == "base" and r["seed"] == 0)
+    (folder / "results" / "final_base_old_s0.json").write_text(
+        json.dumps({**seed0, "name": "final_base_old_s0", "lr": other}), encoding="utf-8")
+    outcome = run_fair(samples, replace(spec, lr_grid=[other]), folder, train=False)
+    lines = Path(outcome.report).read_text(encoding="utf-8").splitlines()
+    assert "- final_base_old_s0" in lines
+    assert any(line.startswith("| base | 2 |") for line in lines)  # still two seeds, not three
+    selection = next(line for line in lines if line.startswith("| base |") and "**" in line)
+    assert selection.count("|") == 2 + len(spec.lr_grid) and f"**{results[f'select_base_lr{lr:g}_bb1_n00_s0']['best_val_map']:.3f}**" in selection
 
 
 def test_a_call_for_one_method_still_reports_every_finished_method(fair_grid):

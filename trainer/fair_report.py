@@ -241,12 +241,31 @@ def covering_spec(spec: Any, results: Results) -> Any:
     extra = [v for label in sorted(set(found) - known, key=lambda lb: (rank.get(found[lb], 99), lb))
              for v in parse_methods(label)]
     finals = [r for r in results.values() if r["phase"] == "final"]
+    selects = [r for r in results.values() if r["phase"] == "select"]
     seeds = sorted(set(spec.seeds) | {int(r["seed"]) for r in finals})
     noise = sorted(set(spec.noise_rates) | {float(r["noise_rate"]) for r in finals})
+    # the folder's grid, not this call's: a call with a narrower --lr-grid must not change the choice
+    lrs = sorted(set(spec.lr_grid) | {float(r["lr"]) for r in selects})
+    scales = sorted(set(spec.backbone_lr_grid) | {float(r["backbone_lr_scale"]) for r in selects})
     merged = list(spec.variants) + extra  # plain BASE first: the "minus BASE" tables compare with it
     order = sorted(range(len(merged)), key=lambda i: (rank.get(merged[i].method, 99),
                                                       merged[i].label != merged[i].method, i))
-    return replace(spec, variants=[merged[i] for i in order], seeds=seeds, noise_rates=noise)
+    return replace(spec, variants=[merged[i] for i in order], seeds=seeds, noise_rates=noise, lr_grid=lrs,
+                   backbone_lr_grid=scales)
+
+
+def at_chosen_settings(results: Results, chosen: dict[str, tuple[float, float]]) -> tuple[Results, list[str]]:
+    """The results the tables may use, and the names of final / leak runs set aside because their
+    method's selection now chooses another (lr, backbone-lr scale): a grid widened after the finals
+    ran must not count a run at the old setting as one more seed."""
+    kept, aside = {}, []
+    for name, r in results.items():
+        setting = chosen.get(r["variant"])
+        if r["phase"] != "select" and setting is not None and (r["lr"], r["backbone_lr_scale"]) != setting:
+            aside.append(name)
+        else:
+            kept[name] = r
+    return kept, sorted(aside)
 
 
 def write_fair_report(out: Path, spec: Any, results: Results, *, command: str, data_name: str,
@@ -257,6 +276,10 @@ def write_fair_report(out: Path, spec: Any, results: Results, *, command: str, d
     chosen = chosen_settings(spec, results)
     lines = protocol_lines(spec, command, data_name, splits, results)
     lines += selection_lines(spec, results, chosen)
+    results, aside = at_chosen_settings(results, chosen)
+    if aside:
+        lines += [("Final runs at a setting the selection no longer chooses (kept in results/, left out of the "
+                   "tables below):"), "", *[f"- {name}" for name in aside], ""]
     lines += map_lines(spec, results) + versus_base_lines(spec, results) + rare_lines(spec, results)
     lines += recall_lines(spec, results) + probe_lines(out) + leak_lines(spec, results)
     if pending:
