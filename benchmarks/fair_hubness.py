@@ -4,7 +4,9 @@ Why: the MCPH rare-class collapse (docs/methods.md) showed as rare-class images 
 majority class's reports than their own. The fair report gives each model's rare-class AP; this
 adds the distances behind it for the same checkpoints, split and test codes: own = mean Hamming
 distance of a rare-class query to its own pair's code, hub = to the items labelled only with the
-most frequent training class (ODIR: "N", normal fundus), and how often the own pair is the farther.
+most frequent training class (ODIR: "N", normal fundus), and how often the own pair is the farther;
+and, per rare class, which classes its queries' nearest items carry (a rare class can lose AP by being
+coded next to another minority class, not the hub).
 
 It reads a `medhash experiment --protocol fair` output folder: every finished final run without
 noise whose best checkpoint is still under runs/ (a final run reused from selection points there).
@@ -35,7 +37,9 @@ from trainer.data.splits import load_splits
 from trainer.engine import encode_dataset
 from trainer.experiment import multi_hot
 from trainer.feature_cache import CACHE_DIR_NAME, FeatureCache
-from trainer.hubness import rare_class_hubness, rarest_classes
+from trainer.hubness import neighbour_classes, rare_class_hubness, rarest_classes
+
+NEIGHBOURS = 20
 
 
 def finished_models(fair_out: Path) -> list[tuple[dict, Path]]:
@@ -66,8 +70,11 @@ def model_hubness(samples: list, best: Path, cache_dir: Path, rare_n: int) -> di
     rare = rarest_classes(train_hot, names, rare_n)
     hub = names[int(np.argmax(train_hot.sum(axis=0)))]
     q, db = np.arange(len(splits.query)), np.arange(len(splits.query), len(pairs))
-    found = rare_class_hubness(image[bits], text[bits], multi_hot(pairs, names), names, q, db, rare, hub, k=10)
-    return {"bits": bits, "rare": rare, "hub": hub, **{d: h.to_dict() for d, h in found.items()}}
+    labels = multi_hot(pairs, names)
+    found = rare_class_hubness(image[bits], text[bits], labels, names, q, db, rare, hub, k=10)
+    near = {d: neighbour_classes(src[bits][q], labels[q], dst[bits][db], labels[db], names, rare, k=NEIGHBOURS)
+            for d, (src, dst) in (("i2t", (image, text)), ("t2i", (text, image)))}
+    return {"bits": bits, "rare": rare, "hub": hub, "neighbours": near, **{d: h.to_dict() for d, h in found.items()}}
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -80,6 +87,22 @@ def table(rows: list[dict]) -> list[str]:
             lines.append(f"| {r['method']} | {r['seed']} | {'I→T' if d == 'i2t' else 'T→I'} | {h['queries']} | "
                          f"{h['own']:.1f} | {h['hub']:.1f} | {h['nearer_hub']:.2f} | "
                          f"{h['hub_top_k']:.2f} ({h['hub_base_rate']:.2f}) |")
+    return lines
+
+
+def neighbour_table(rows: list[dict]) -> list[str]:
+    """Per rare class: the share of its own label among a query's nearest items, and the other
+    label most often there (its share)."""
+    rare = rows[0]["rare"]
+    lines = ["| method | seed | direction | " + " | ".join(rare) + " |", "|---|---:|---|" + "---|" * len(rare)]
+    for r in rows:
+        for d in ("i2t", "t2i"):
+            cells = []
+            for c in rare:
+                share = r["neighbours"][d][c]
+                other = max((n for n in share if n != c), key=share.get)
+                cells.append(f"{share[c]:.2f} ({other} {share[other]:.2f})")
+            lines.append(f"| {r['method']} | {r['seed']} | {'I→T' if d == 'i2t' else 'T→I'} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -107,7 +130,11 @@ def main() -> None:
              f"most frequent training class ({first['hub']}), items labelled with it alone. Mean Hamming distance "
              f"of a rare-class test query to its own pair's code (own) and to the hub items of the other modality "
              f"(hub); random codes give {first['bits'] // 2} for both. A collapsed model has own > hub."), "",
-             *table(rows), ""]
+             *table(rows), "",
+             (f"Where each rare class's queries land: the share of items of the query's own class among its "
+              f"{NEIGHBOURS} nearest items of the other modality, and in brackets the other class most often "
+              "there (an item can carry several labels)."), "",
+             *neighbour_table(rows), ""]
     args.out.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {args.out}")
 

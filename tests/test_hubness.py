@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.hubness import hubness, rare_class_hubness, rarest_classes
+from trainer.hubness import hubness, neighbour_classes, rare_class_hubness, rarest_classes
 
 
 def _codes(*bits: str) -> np.ndarray:
@@ -61,3 +61,16 @@ def test_rare_class_hubness_picks_rare_queries_and_single_label_hub_items() -> N
 def test_rarest_classes_by_training_positives() -> None:
     train = np.array([[1, 1, 0, 1], [0, 1, 0, 1], [0, 1, 1, 1]])
     assert rarest_classes(train, ["a", "b", "c", "d"], 2) == ["a", "c"]  # 1 and 1 positives, ties by name
+
+
+def test_neighbour_classes_counts_the_labels_of_each_querys_nearest_items() -> None:
+    names = ["D", "H"]
+    queries = _codes("++++++++", "--------")
+    q_labels = np.array([[0, 1], [1, 0]])  # query 0: H, query 1: D
+    db = _codes("+++++++-", "++++++--", "--------")
+    db_labels = np.array([[1, 0], [1, 1], [0, 1]])
+    out = neighbour_classes(queries, q_labels, db, db_labels, names, ["H", "D"], k=2)
+    # query 0 (H): nearest items 0 (1 bit, D) and 1 (2 bits, D+H) -> D 2/2, H 1/2
+    assert out["H"] == {"D": 1.0, "H": 0.5}
+    # query 1 (D): nearest items 2 (0 bits, H) and 1 (6 bits, D+H) -> D 1/2, H 2/2
+    assert out["D"] == {"D": 0.5, "H": 1.0}

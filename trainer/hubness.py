@@ -25,7 +25,7 @@ import numpy as np
 
 from trainer.evaluate import _as_packed, hamming_distances, hamming_rank
 
-__all__ = ["Hubness", "hubness", "rare_class_hubness", "rarest_classes"]
+__all__ = ["Hubness", "hubness", "neighbour_classes", "rare_class_hubness", "rarest_classes"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +103,20 @@ def rare_class_hubness(image_codes: Any, text_codes: Any, labels: np.ndarray, na
     img, txt = _as_packed(image_codes), _as_packed(text_codes)
     return {"i2t": hubness(img[rows], txt[rows], txt[d_idx], db_hub, k=k),
             "t2i": hubness(txt[rows], img[rows], img[d_idx], db_hub, k=k)}
+
+
+def neighbour_classes(query_codes: Any, query_labels: np.ndarray, db_codes: Any, db_labels: np.ndarray,
+                      names: Sequence[str], classes: Sequence[str], *, k: int = 20) -> dict[str, dict[str, float]]:
+    """Per class c of `classes`: the mean share of each label among the k nearest database items
+    (stable Hamming ranking) of the queries labelled c. Where a rare class's AP drops while the
+    codes do not collapse onto the hub, this says which class its queries are coded next to.
+    """
+    q_lab, d_lab = np.asarray(query_labels).astype(bool), np.asarray(db_labels).astype(bool)
+    q, db = _as_packed(query_codes), _as_packed(db_codes)
+    _, top = hamming_rank(q, db, min(k, len(db)))
+    out = {}
+    for c in classes:
+        rows = np.flatnonzero(q_lab[:, list(names).index(c)])
+        share = d_lab[top[rows]].mean(axis=(0, 1)) if len(rows) else np.full(len(names), np.nan)
+        out[c] = {name: float(share[j]) for j, name in enumerate(names)}
+    return out
