@@ -27,6 +27,7 @@ from trainer.fair_protocol import (
     load_results,
     run_fair,
 )
+from trainer.fair_report import rare_paired
 from trainer.linear_probe import average_precision, macro_auc, share_probability
 from trainer.paired_bootstrap import paired_class_interval, paired_interval
 
@@ -114,6 +115,21 @@ def test_paired_class_interval_by_hand():
     assert (iv.mean, iv.high, iv.verdict, iv.seeds) == (pytest.approx(-0.1), pytest.approx(-0.1), "loses", 2)
     with pytest.raises(ValueError):
         paired_class_interval([([0, 1], [[0.1]], [[0.1]])], queries=2)
+
+
+def test_rare_class_interval_skips_classes_without_queries():
+    def run(variant: str, ap: list[float]) -> dict:
+        classes = {"A": {"train_positives": 1, "query_positives": 0, "query_index": [], "i2t_ap": None},
+                   "B": {"train_positives": 5, "query_positives": 2, "query_index": [0, 2], "i2t_ap": float(np.mean(ap)),
+                         "i2t_query_ap": ap}}
+        return {"phase": "final", "variant": variant, "noise_rate": 0.0, "seed": 0, "query_ids": ["q0", "q1", "q2"],
+                "per_class": {"classes": classes}}
+
+    results = {"b": run("base", [0.5, 0.5]), "m": run("m", [0.7, 0.7])}
+    iv = rare_paired(results, "m", "base", 0.0, "i2t", 200)
+    assert (iv.mean, iv.low, iv.verdict) == (pytest.approx(0.2), pytest.approx(0.2), "beats")
+    del results["b"]["per_class"]["classes"]["B"]["query_index"]  # evaluated before per-query class APs
+    assert rare_paired(results, "m", "base", 0.0, "i2t", 200) is None
 
 
 def test_expected_recall_of_the_own_item_with_ties():

@@ -148,7 +148,7 @@ def rare_paired(results: Results, label: str, base_label: str, noise: float, dir
     base = {r["seed"]: r for r in _final(results, base_label, noise)}
     seeds = sorted(set(mine) & set(base))
     runs = [mine[s] for s in seeds] + [base[s] for s in seeds]
-    if not seeds or any(f"{direction}_query_ap" not in next(iter(r["per_class"]["classes"].values())) for r in runs):
+    if not seeds or any("query_index" not in c for r in runs for c in r["per_class"]["classes"].values()):
         return None
     first = base[seeds[0]]["per_class"]["classes"]
     classes = [(first[name]["query_index"],
