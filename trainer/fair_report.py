@@ -91,17 +91,25 @@ def map_lines(spec: Any, results: Results) -> list[str]:
     return lines
 
 
+def seed_pairs(results: Results, label: str, base_label: str, noise: float,
+               *, leak: bool = False) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(method run, BASE run) for each seed both finished, in seed order; a pair is only comparable
+    per query when both ranked the same test queries, so a mismatch is an error, not a silent skip."""
+    mine = {r["seed"]: r for r in _final(results, label, noise, leak=leak)}
+    base = {r["seed"]: r for r in _final(results, base_label, noise)}
+    pairs = [(mine[s], base[s]) for s in sorted(set(mine) & set(base))]
+    if any(m["query_ids"] != b["query_ids"] for m, b in pairs):
+        raise ValueError(f"{label} and {base_label} were evaluated on different queries")
+    return pairs
+
+
 def paired(results: Results, label: str, base_label: str, noise: float, key: str, resamples: int,
            *, leak: bool = False) -> Any:
     """Interval of `label` minus `base_label` on `key` ("i2t@64") over the seeds both finished."""
-    mine = {r["seed"]: r for r in _final(results, label, noise, leak=leak)}
-    base = {r["seed"]: r for r in _final(results, base_label, noise)}
-    seeds = sorted(set(mine) & set(base))
-    if not seeds:
+    pairs = seed_pairs(results, label, base_label, noise, leak=leak)
+    if not pairs:
         return None
-    if any(mine[s]["query_ids"] != base[s]["query_ids"] for s in seeds):
-        raise ValueError(f"{label} and {base_label} were evaluated on different queries")
-    return paired_interval([mine[s]["per_query_ap"][key] for s in seeds], [base[s]["per_query_ap"][key] for s in seeds],
+    return paired_interval([m["per_query_ap"][key] for m, _ in pairs], [b["per_query_ap"][key] for _, b in pairs],
                            resamples=resamples)
 
 
@@ -144,18 +152,17 @@ def rare_paired(results: Results, label: str, base_label: str, noise: float, dir
                 resamples: int) -> Any:
     """Interval of `label` minus `base_label` on the rare-class AP over the seeds both finished;
     None when a run predates per-query class APs (evaluation version 1) or nothing pairs up."""
-    mine = {r["seed"]: r for r in _final(results, label, noise)}
-    base = {r["seed"]: r for r in _final(results, base_label, noise)}
-    seeds = sorted(set(mine) & set(base))
-    runs = [mine[s] for s in seeds] + [base[s] for s in seeds]
-    if not seeds or any("query_index" not in c for r in runs for c in r["per_class"]["classes"].values()):
+    pairs = seed_pairs(results, label, base_label, noise)
+    if not pairs or any("query_index" not in c for pair in pairs for r in pair
+                        for c in r["per_class"]["classes"].values()):
         return None
-    first = base[seeds[0]]["per_class"]["classes"]
-    classes = [(first[name]["query_index"],
-                [mine[s]["per_class"]["classes"][name][f"{direction}_query_ap"] for s in seeds],
-                [base[s]["per_class"]["classes"][name][f"{direction}_query_ap"] for s in seeds])
-               for name in _rare_classes(base[seeds[0]])]
-    return paired_class_interval(classes, len(base[seeds[0]]["query_ids"]), resamples=resamples)
+    first_base = pairs[0][1]
+    key = f"{direction}_query_ap"
+    classes = [(first_base["per_class"]["classes"][name]["query_index"],
+                [m["per_class"]["classes"][name][key] for m, _ in pairs],
+                [b["per_class"]["classes"][name][key] for _, b in pairs])
+               for name in _rare_classes(first_base)]
+    return paired_class_interval(classes, len(first_base["query_ids"]), resamples=resamples)
 
 
 def rare_lines(spec: Any, results: Results) -> list[str]:
