@@ -241,10 +241,7 @@ def run_one(samples: Sequence[Sample], splits: Splits, spec: FairSpec, run: Fair
     twin = _selection_twin(spec, run, out)
     if twin is not None:  # the same training was done to select: evaluate its model, do not train it again
         result = {**twin, "name": run.name, "phase": run.phase, "reused_from": twin["name"], "fingerprint": key}
-        model, _, _ = load_checkpoint(out / "runs" / twin["name"] / "best", device=str(resolve_device(spec.device)))
-        result.update(evaluate_fair(model, splits, batch_size=spec.batch_size, device=resolve_device(spec.device)))
-        _write_json(result_file, result)
-        return result
+        return _evaluate_checkpoint(result, out / "runs" / twin["name"] / "best", result_file, splits, spec)
     run_dir = out / "runs" / run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     save_splits(splits, run_dir / "splits.json")
@@ -284,6 +281,12 @@ def _refresh_evaluation(result: dict[str, Any], result_file: Path, splits: Split
     best = out / "runs" / (result.get("reused_from") or result["name"]) / "best"
     if not best.is_dir():
         return result
+    return _evaluate_checkpoint(result, best, result_file, splits, spec)
+
+
+def _evaluate_checkpoint(result: dict[str, Any], best: Path, result_file: Path, splits: Splits,
+                         spec: FairSpec) -> dict[str, Any]:
+    """`result` with the test metrics of the model saved in `best`, written to `result_file`."""
     device = resolve_device(spec.device)
     model, _, _ = load_checkpoint(best, device=str(device))
     result = {**result, **evaluate_fair(model, splits, batch_size=spec.batch_size, device=device)}
