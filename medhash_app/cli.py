@@ -33,6 +33,7 @@ from medhash_app.cli_support import (
 )
 from medhash_app.cli_version import version_callback
 from medhash_app.core.errors import JobCancelled, MedHashError
+from trainer.config import DEFAULT_METHOD
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
                   help="MedHash: similar-case search for chest radiographs and fundus photographs.")
@@ -111,7 +112,7 @@ def ingest_cmd(paths: Annotated[list[Path], typer.Argument(help="Files, folders,
 
 @app.command("train")
 def train_cmd(library: LibraryOpt,
-              method: Annotated[str, typer.Option(help="base, mcph, tripah or prompthash.")] = "base",
+              method: Annotated[str, typer.Option(help="base, mcph, tripah or prompthash.")] = DEFAULT_METHOD,
               bits: Annotated[str, typer.Option(help="Code lengths, e.g. 16,32,64.")] = "16,32,64",
               epochs: Annotated[int, typer.Option(min=1)] = 10,
               seed: int = 0,

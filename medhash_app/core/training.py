@@ -20,7 +20,7 @@ import numpy as np
 
 from medhash_app.core.domain_check import collapse_warnings, domain_report
 from medhash_app.core.errors import DataError, JobCancelled, ModelError
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import DEFAULT_METHOD, ModelConfig, TrainConfig
 from trainer.data.captions import CAPTION_KEY
 from trainer.data.manifest import Sample
 from trainer.data.splits import load_splits, make_splits, save_splits
@@ -38,7 +38,7 @@ DIRECTIONS = {"i2t": ("image", "text"), "t2i": ("text", "image"), "i2i": ("image
 class TrainRequest:
     """What the user asked for on the command line or in the trainer tab."""
 
-    method: str = "base"
+    method: str = DEFAULT_METHOD
     bits: list[int] = field(default_factory=lambda: [16, 32, 64])
     epochs: int = 10
     seed: int = 0

@@ -37,7 +37,7 @@ from medhash_app.ui.settings import AppSettings
 from medhash_app.ui.themes import current_theme, set_role
 from medhash_app.ui.training_process import TrainingProcess, TrainOptions, total_loss, val_map_value
 from medhash_app.ui.workers import JobRunner
-from trainer.config import DEFAULT_COMPONENTS, NOISE_HANDLINGS
+from trainer.config import DEFAULT_COMPONENTS, DEFAULT_METHOD, NOISE_HANDLINGS
 
 METHOD_TITLES = {"base": "BASE", "mcph": "MCPH", "tripah": "TriPAH", "prompthash": "PromptHash"}
 BITS_CHOICES = (16, 32, 64, 128)
@@ -157,7 +157,7 @@ class TrainerTab(QWidget):
     def _on_registry(self, registry: dict[str, dict[str, bool]]) -> None:
         self._registry = registry or {"base": common_components()}
         self._apply_registry(self._registry)
-        self._select(self.method, self.settings.trainer_value("method", "base"))
+        self._select(self.method, self.settings.trainer_value("method", DEFAULT_METHOD))
         self._fill_components()
 
     # -- construction -------------------------------------------------------------------------
@@ -317,7 +317,7 @@ class TrainerTab(QWidget):
         for box in self.component_boxes.values():
             box.deleteLater()
         self.component_boxes = {}
-        method = self.method.currentData() or "base"
+        method = self.method.currentData() or DEFAULT_METHOD
         for name, default in self._registry.get(method, common_components()).items():
             box = QCheckBox(name.replace("_", " "), self.components_widget)
             box.setAccessibleName(f"Component {name.replace('_', ' ')}")
@@ -345,7 +345,7 @@ class TrainerTab(QWidget):
 
     def _restore_settings(self) -> None:
         s = self.settings
-        self._select(self.method, s.trainer_value("method", "base"))
+        self._select(self.method, s.trainer_value("method", DEFAULT_METHOD))
         self._select(self.backbone, s.trainer_value("backbone", "embedded"))
         bits = {int(b) for b in str(s.trainer_value("bits", "16,32,64")).split(",") if b.strip().isdigit()}
         for b, box in self.bits_boxes.items():

@@ -17,13 +17,15 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
+from trainer.config import DEFAULT_METHOD
+
 
 @dataclass
 class TrainOptions:
     """Everything the trainer tab lets the user choose; `to_args` makes the CLI call."""
 
     library: Path
-    method: str = "base"
+    method: str = DEFAULT_METHOD
     bits: list[int] = field(default_factory=lambda: [16, 32])
     epochs: int = 10
     batch_size: int = 32
