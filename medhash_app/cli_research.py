@@ -110,7 +110,8 @@ def experiment_cmd(ctx: typer.Context, library: LibraryOpt,
                        "several times faster on CPU, codes within ~2e-3 of the full forward.")] = False,
                    report_only: Annotated[bool, typer.Option(
                        "--report-only", help="Train nothing: write the report from the runs already finished "
-                       "(with the same settings) in --out.")] = False,
+                       "(with the same settings) in --out. Runs scored by an older evaluation version are "
+                       "first evaluated again from their checkpoints (minutes each on a CPU).")] = False,
                    as_json: JsonOpt = False) -> None:
     """Compare methods: the papers' grid, or the fair protocol; writes report.md and per-run JSONs."""
     try:

@@ -27,7 +27,7 @@ from trainer.fair_protocol import (
     load_results,
     run_fair,
 )
-from trainer.fair_report import rare_paired
+from trainer.fair_report import noise_change, noise_change_lines, rare_paired
 from trainer.linear_probe import average_precision, macro_auc, share_probability
 from trainer.paired_bootstrap import paired_class_interval, paired_interval
 
@@ -130,6 +130,22 @@ def test_rare_class_interval_skips_classes_without_queries():
     assert (iv.mean, iv.low, iv.verdict) == (pytest.approx(0.2), pytest.approx(0.2), "beats")
     del results["b"]["per_class"]["classes"]["B"]["query_index"]  # evaluated before per-query class APs
     assert rare_paired(results, "m", "base", 0.0, "i2t", 200) is None
+
+
+def test_noise_change_pairs_each_noisy_run_with_its_own_seed_at_noise_0():
+    def run(seed: int, noise: float, i2t: float) -> dict:
+        return {"phase": "final", "variant": "mcph", "noise_rate": noise, "seed": seed,
+                "metrics": {"i2t@64": {"map_all": i2t}, "t2i@64": {"map_all": 0.5}}}
+
+    # seed 0: 0.50 -> 0.40 (-0.10); seed 1: 0.70 -> 0.66 (-0.04); seed 2 has no noise-0 run: left out
+    results = {f"{s}_{n}": run(s, n, v) for s, n, v in
+               [(0, 0.0, 0.50), (1, 0.0, 0.70), (0, 0.2, 0.40), (1, 0.2, 0.66), (2, 0.2, 0.10)]}
+    mean, seeds = noise_change(results, "mcph", 0.2, "i2t@64")
+    assert (mean, seeds) == (pytest.approx(-0.07), 2)  # not the unpaired -0.15 of (0.40+0.66+0.10)/3 - 0.60
+    assert noise_change(results, "mcph", 0.5, "i2t@64") is None
+    spec = FairSpec(parse_methods("mcph"), bits=[64], noise_rates=[0.0, 0.2], seeds=[0, 1, 2], steps=1)
+    row = next(line for line in noise_change_lines(spec, results) if line.startswith("| 20 % | mcph |"))
+    assert [c.strip(" |") for c in row.split(" | ")[2:]] == ["2", "-0.070", "+0.000"]
 
 
 def test_expected_recall_of_the_own_item_with_ties():

@@ -3,7 +3,7 @@ scored, and where it stands against BASE with paired bootstrap intervals.
 
 Sections: the protocol as declared; the selection grid (mirrored val mAP per lr x backbone-lr
 scale, the chosen pair marked); test mAP@all (mean ± sd over seeds); method - BASE with its 95 %
-interval and verdict; rare-class AP; instance recall (own report / own case); the linear-probe
+interval and verdict; each method's change from noise 0; rare-class AP; instance recall (own report / own case); the linear-probe
 reference; the leak study; the runs still pending. Every number comes from results/<run>.json.
 """
 
@@ -133,6 +133,33 @@ def versus_base_lines(spec: Any, results: Results) -> list[str]:
             rows.append([v.label] + cells)
         lines += [f"### Noise {pct(noise)}", "", *table(header, rows), ""]
     return lines
+
+
+def noise_change(results: Results, label: str, noise: float, key: str) -> tuple[float, int] | None:
+    """Mean over seeds of (mAP at `noise` minus the same seed's mAP at noise 0) on `key`, and the
+    number of seeds that pair up: what the noise costs the method itself, free of seed-to-seed spread."""
+    clean = {r["seed"]: r for r in _final(results, label, 0.0)}
+    diffs = [r["metrics"][key]["map_all"] - clean[r["seed"]]["metrics"][key]["map_all"]
+             for r in _final(results, label, noise) if r["seed"] in clean]
+    return (float(np.mean(diffs)), len(diffs)) if diffs else None
+
+
+def noise_change_lines(spec: Any, results: Results) -> list[str]:
+    noisy = [n for n in spec.noise_rates if n > 0]
+    if not noisy or 0.0 not in spec.noise_rates:
+        return []
+    header = ["Noise", "Method", "n"] + [f"{DIRECTION_NAMES[d]} {b}" for d in DIRECTION_NAMES for b in spec.bits]
+    rows = []
+    for noise in noisy:
+        for v in spec.variants:
+            cells = [noise_change(results, v.label, noise, f"{d}@{b}") for d in DIRECTION_NAMES for b in spec.bits]
+            if any(cells):
+                n = max(c[1] for c in cells if c)
+                rows.append([pct(noise), v.label, str(n)] + [f"{c[0]:+.3f}" if c else "–" for c in cells])
+    if not rows:
+        return []
+    return [("## Change from noise 0: mean over seeds of the noisy run's mAP minus the same seed's noise-0 run "
+             "(n = seeds with both)"), "", *table(header, rows), ""]
 
 
 def _rare_classes(run: dict[str, Any]) -> list[str]:
@@ -287,7 +314,8 @@ def write_fair_report(out: Path, spec: Any, results: Results, *, command: str, d
     if aside:
         lines += [("Final runs at a setting the selection no longer chooses (kept in results/, left out of the "
                    "tables below):"), "", *[f"- {name}" for name in aside], ""]
-    lines += map_lines(spec, results) + versus_base_lines(spec, results) + rare_lines(spec, results)
+    lines += map_lines(spec, results) + versus_base_lines(spec, results) + noise_change_lines(spec, results)
+    lines += rare_lines(spec, results)
     lines += recall_lines(spec, results) + probe_lines(out) + leak_lines(spec, results)
     if pending:
         lines += ["## Pending (not run yet; the same command resumes)", "", *[f"- {p}" for p in pending], ""]
