@@ -26,6 +26,7 @@ from trainer.fair_protocol import (
     expected_recall_own,
     load_results,
     run_fair,
+    train_seconds,
 )
 from trainer.fair_report import noise_change, noise_change_lines, rare_paired
 from trainer.linear_probe import average_precision, macro_auc, share_probability
@@ -146,6 +147,12 @@ def test_noise_change_pairs_each_noisy_run_with_its_own_seed_at_noise_0():
     spec = FairSpec(parse_methods("mcph"), bits=[64], noise_rates=[0.0, 0.2], seeds=[0, 1, 2], steps=1)
     row = next(line for line in noise_change_lines(spec, results) if line.startswith("| 20 % | mcph |"))
     assert [c.strip(" |") for c in row.split(" | ")[2:]] == ["2", "-0.070", "+0.000"]
+
+
+def test_train_time_sums_every_epoch_across_resumes():
+    assert train_seconds([{"epoch": 1, "seconds": 1.5}, {"epoch": 2, "seconds": 2.25}], this_call_s=2.25) == 3.8
+    # epoch 1 ran before the engine recorded seconds: only this call's time is known
+    assert train_seconds([{"epoch": 1}, {"epoch": 2, "seconds": 2.25}], this_call_s=2.3) == 2.3
 
 
 def test_expected_recall_of_the_own_item_with_ties():

@@ -77,6 +77,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(splits: Splits, 
     assert events[0]["event"] == "start" and events[0]["epoch"] == 2 and events[0]["resumed"]
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [2]
     assert second.epochs_run == 2 and second.history[0] == first.history[0]
+    assert all(h["seconds"] > 0 for h in second.history)  # the interrupted call's epoch keeps its cost
     for a, b in zip(straight.history, second.history, strict=True):
         assert a["losses"] == pytest.approx(b["losses"], rel=1e-4)
         assert a["val_map"]["mean"] == pytest.approx(b["val_map"]["mean"], abs=1e-6)

@@ -548,6 +548,7 @@ def _fit(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: Splits, out_dir
             "noise": {"rate": train_cfg.noise_rate, "seed": train_cfg.seed}}
 
     for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
+        epoch_started = time.perf_counter()
         torch.manual_seed(train_cfg.seed + epoch)
         model.train()
         loader = _train_loader(model, train_samples, model_cfg.label_names, train_cfg, local_bs, epoch, info, device,
@@ -575,7 +576,9 @@ def _fit(model_cfg: ModelConfig, train_cfg: TrainConfig, splits: Splits, out_dir
         if epoch % train_cfg.val_every == 0 or epoch == train_cfg.epochs:
             val = _validate_on_main(model, splits.val, bs, device, info, cache, captions, val_database)
         state.epoch = epoch
-        state.history.append({"epoch": epoch, "losses": mean_losses, "val_map": val, "lr": lr})
+        # wall seconds of the epoch, validation included: a run's cost survives resumes in last/
+        state.history.append({"epoch": epoch, "losses": mean_losses, "val_map": val, "lr": lr,
+                              "seconds": round(time.perf_counter() - epoch_started, 2)})
         epoch_meta = {**meta, "epoch": epoch, "metrics": {"val_map": val}}
         if val is not None and val["mean"] > state.best_val_map:
             state.best_val_map, state.best_epoch = val["mean"], epoch

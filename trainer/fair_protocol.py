@@ -264,12 +264,20 @@ def run_one(samples: Sequence[Sample], splits: Splits, spec: FairSpec, run: Fair
               "best_epoch": best_epoch, "best_val_map": fitted.best_val_map,
               "val_history": [{"epoch": h["epoch"], "val_map": h["val_map"]} for h in fitted.history if h.get("val_map")],
               "fingerprint": key, "splits": splits.counts(), "machine": machine_info(device),
-              "train_s": round(train_s, 1)}
+              "train_s": train_seconds(fitted.history, train_s)}
     if run.phase != "select":
         result.update(evaluate_fair(model, splits, batch_size=train_cfg.batch_size, device=device))
     _write_json(result_file, result)
     shutil.rmtree(run_dir / "last", ignore_errors=True)
     return result
+
+
+def train_seconds(history: Sequence[dict[str, Any]], this_call_s: float) -> float:
+    """Training wall time of the whole run: the sum of its epochs' seconds, resumed calls included;
+    a run resumed from epochs recorded before the engine kept seconds gets only this call's time."""
+    if history and all("seconds" in h for h in history):
+        return round(sum(h["seconds"] for h in history), 1)
+    return round(this_call_s, 1)
 
 
 def _refresh_evaluation(result: dict[str, Any], result_file: Path, splits: Splits, spec: FairSpec,
