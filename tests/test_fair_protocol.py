@@ -188,7 +188,7 @@ def fair_grid(tmp_path_factory: pytest.TempPathFactory):
                     val_points=2, backbone="tiny", device="cpu", num_workers=0,
                     split_sizes={"query": 16, "train": 56, "val": 12}, bootstrap=200)
     out = tmp_path_factory.mktemp("fair") / "out"
-    first = run_fair(samples, spec, out, max_runs=3, command="medhash experiment --protocol fair")
+    first = run_fair(samples, spec, out, max_runs=3, command="medhash experiment --protocol fair --max-runs 3")
     second = run_fair(samples, spec, out, command="medhash experiment --protocol fair")
     return samples, spec, out, first, second
 
@@ -233,6 +233,17 @@ def test_report_gives_intervals_verdicts_and_the_probe(fair_grid):
     probe = json.loads((out / "probe.json").read_text(encoding="utf-8"))
     assert 0.0 < probe["i2t_map"] <= 1.0 and 0.0 < probe["t2i_map"] <= 1.0
     assert "Linear-probe reference" in text
+
+
+def test_the_report_lists_the_command_that_trained_each_run(fair_grid):
+    _, _, out, first, second = fair_grid
+    results = load_results(out)
+    assert {results[name]["command"] for name in first.ran} == {"medhash experiment --protocol fair --max-runs 3"}
+    assert {results[name]["command"] for name in second.ran} == {"medhash experiment --protocol fair"}
+    text = Path(second.report).read_text(encoding="utf-8")
+    listed = text[text.index("## Commands that trained these runs"):]
+    assert f"- {len(first.ran)} run(s): {', '.join(sorted(first.ran))}" in listed
+    assert "--max-runs 3\n```" in listed
 
 
 def test_class_aps_keep_their_queries_and_the_report_gives_rare_class_intervals(fair_grid):

@@ -227,7 +227,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def run_one(samples: Sequence[Sample], splits: Splits, spec: FairSpec, run: FairRun, out: Path, *,
-            data_hash: str, progress: Progress | None = None, cancel: Any = None) -> dict[str, Any] | None:
+            data_hash: str, progress: Progress | None = None, cancel: Any = None,
+            command: str = "") -> dict[str, Any] | None:
     """Train and evaluate one run (skipped when its result exists with the same settings); None when cancelled."""
     label_names = sorted({label for s in samples for label in s.labels})
     model_cfg, train_cfg = run_configs(spec, run, splits, label_names, out / ".feature-cache")
@@ -264,7 +265,7 @@ def run_one(samples: Sequence[Sample], splits: Splits, spec: FairSpec, run: Fair
               "best_epoch": best_epoch, "best_val_map": fitted.best_val_map,
               "val_history": [{"epoch": h["epoch"], "val_map": h["val_map"]} for h in fitted.history if h.get("val_map")],
               "fingerprint": key, "splits": splits.counts(), "machine": machine_info(device),
-              "train_s": train_seconds(fitted.history, train_s)}
+              "train_s": train_seconds(fitted.history, train_s), "command": command}
     if run.phase != "select":
         result.update(evaluate_fair(model, splits, batch_size=train_cfg.batch_size, device=device))
     _write_json(result_file, result)
@@ -403,7 +404,8 @@ def run_fair(samples: Sequence[Sample], spec: FairSpec, out: str | Path, *, phas
                 pending.append(run.name)
                 continue
             _emit(progress, {"event": "run", "name": run.name, "status": "skipped" if done else "started"})
-            if run_one(samples, splits, spec, run, out, data_hash=data_hash, progress=progress, cancel=cancel) is None:
+            if run_one(samples, splits, spec, run, out, data_hash=data_hash, progress=progress, cancel=cancel,
+                       command=command) is None:
                 return False
             (skipped if done else ran).append(run.name)
             if not done:

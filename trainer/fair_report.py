@@ -3,8 +3,9 @@ scored, and where it stands against BASE with paired bootstrap intervals.
 
 Sections: the protocol as declared; the selection grid (mirrored val mAP per lr x backbone-lr
 scale, the chosen pair marked); test mAP@all (mean ± sd over seeds); method - BASE with its 95 %
-interval and verdict; each method's change from noise 0; rare-class AP; instance recall (own report / own case); the linear-probe
-reference; the leak study; the runs still pending. Every number comes from results/<run>.json.
+interval and verdict; each method's change from noise 0; rare-class AP; instance recall (own
+report / own case); the linear-probe reference; the leak study; the runs still pending; the commands
+that trained the runs. Every number comes from results/<run>.json.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def protocol_lines(spec: Any, command: str, data_name: str, splits: dict[str, in
         "BASE's on the same test queries, averaged over the seeds both have; \"beats\"/\"loses\" only "
         "when the whole interval is above/below zero."),
         f"Generated {dt.date.today().isoformat()}. Machine(s): {'; '.join(machines) or '–'}.", "",
+        "The call that wrote this report (the commands that trained the runs are listed at the end):", "",
         "```bash", command or "(command not recorded)", "```", ""]
 
 
@@ -260,6 +262,20 @@ def leak_lines(spec: Any, results: Results) -> list[str]:
             *table(["Method", "Cell", "honest", "with the leak", "leak minus honest"], rows), ""]
 
 
+def command_lines(results: Results) -> list[str]:
+    """Each command that trained runs in this folder, with its runs: a folder is filled a method or a
+    noise rate at a time, so the last call's command alone does not say how to make it again."""
+    by_command: dict[str, list[str]] = {}
+    for name in sorted(results):
+        by_command.setdefault(results[name].get("command") or "", []).append(name)
+    lines = ["## Commands that trained these runs (from each run's JSON)", ""]
+    for command, names in sorted(by_command.items(), key=lambda item: item[0] == ""):
+        what = f"{len(names)} run(s): {', '.join(names)}"
+        lines += ([f"- made before runs recorded their command ({what}); see docs/results/README.md", ""]
+                  if not command else [f"- {what}", "", "```bash", command, "```", ""])
+    return lines if results else []
+
+
 METHOD_ORDER = ("base", "mcph", "tripah", "prompthash")
 
 
@@ -310,6 +326,7 @@ def write_fair_report(out: Path, spec: Any, results: Results, *, command: str, d
     chosen = chosen_settings(spec, results)
     lines = protocol_lines(spec, command, data_name, splits, results)
     lines += selection_lines(spec, results, chosen)
+    every_run = results
     results, aside = at_chosen_settings(results, chosen)
     if aside:
         lines += [("Final runs at a setting the selection no longer chooses (kept in results/, left out of the "
@@ -319,6 +336,7 @@ def write_fair_report(out: Path, spec: Any, results: Results, *, command: str, d
     lines += recall_lines(spec, results) + probe_lines(out) + leak_lines(spec, results)
     if pending:
         lines += ["## Pending (not run yet; the same command resumes)", "", *[f"- {p}" for p in pending], ""]
+    lines += command_lines(every_run)
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
