@@ -255,7 +255,6 @@ def run_one(samples: Sequence[Sample], splits: Splits, spec: FairSpec, run: Fair
     device = resolve_device(spec.device)
     best = Path(fitted.checkpoint_dir)
     shutil.copyfile(run_dir / "splits.json", best / "splits.json")
-    model, _, _ = load_checkpoint(best, device=str(device))
     _, per_epoch = epochs_for(run.steps, len(splits.train), spec.batch_size)
     best_epoch = max((h for h in fitted.history if h.get("val_map")), key=lambda h: h["val_map"]["mean"])["epoch"]
     result = {"name": run.name, "phase": run.phase, "variant": run.variant.label, "method": run.variant.method,
@@ -266,9 +265,10 @@ def run_one(samples: Sequence[Sample], splits: Splits, spec: FairSpec, run: Fair
               "val_history": [{"epoch": h["epoch"], "val_map": h["val_map"]} for h in fitted.history if h.get("val_map")],
               "fingerprint": key, "splits": splits.counts(), "machine": machine_info(device),
               "train_s": train_seconds(fitted.history, train_s), "command": command}
-    if run.phase != "select":
-        result.update(evaluate_fair(model, splits, batch_size=train_cfg.batch_size, device=device))
-    _write_json(result_file, result)
+    if run.phase == "select":  # judged on validation only: the test split stays unseen until the finals
+        _write_json(result_file, result)
+    else:
+        result = _evaluate_checkpoint(result, best, result_file, splits, spec)
     shutil.rmtree(run_dir / "last", ignore_errors=True)
     return result
 
