@@ -147,21 +147,17 @@ def noise_change(results: Results, label: str, noise: float, key: str) -> tuple[
 
 
 def noise_change_lines(spec: Any, results: Results) -> list[str]:
-    noisy = [n for n in spec.noise_rates if n > 0]
-    if not noisy or 0.0 not in spec.noise_rates:
-        return []
+    """One row per method and noise rate > 0 with a noise-0 run of the same seed (else no section)."""
     header = ["Noise", "Method", "n"] + [f"{DIRECTION_NAMES[d]} {b}" for d in DIRECTION_NAMES for b in spec.bits]
     rows = []
-    for noise in noisy:
+    for noise in (n for n in spec.noise_rates if n > 0):
         for v in spec.variants:
             cells = [noise_change(results, v.label, noise, f"{d}@{b}") for d in DIRECTION_NAMES for b in spec.bits]
             if any(cells):
                 n = max(c[1] for c in cells if c)
                 rows.append([pct(noise), v.label, str(n)] + [f"{c[0]:+.3f}" if c else "–" for c in cells])
-    if not rows:
-        return []
     return [("## Change from noise 0: mean over seeds of the noisy run's mAP minus the same seed's noise-0 run "
-             "(n = seeds with both)"), "", *table(header, rows), ""]
+             "(n = seeds with both)"), "", *table(header, rows), ""] if rows else []
 
 
 def _rare_classes(run: dict[str, Any]) -> list[str]:
